@@ -1,0 +1,476 @@
+"""Pure answer scorers: strings in, numbers out (no models, no I/O).
+
+Sources
+-------
+* VQAv2 answer normalisation and accuracy: the official VQA evaluation script
+  (GT-Vision-Lab/VQA, ``PythonEvaluationTools/vqaEvaluation/vqaEval.py``):
+  ``processPunctuation`` (punctuation list, ``commaStrip`` / ``periodStrip`` regexes) and
+  ``processDigitArticle`` (lower-case, number words → digits via ``manualMap``, drop
+  articles a/an/the, contractions map). Reproduced here with its quirks:
+
+  - ``periodStrip`` is ``(?!<=\\d)(\\.)(?!\\d)``: the "lookbehind" is a typo in the
+    original and acts as a lookahead that always passes, so every period **not followed
+    by a digit** is removed (``"yes."`` → ``"yes"``, ``"3.5"`` kept).
+  - the original passes ``re.UNICODE`` as the *count* argument of ``sub``: at most 32
+    periods are stripped. Kept for fidelity.
+  - the apostrophe is not in the punctuation list (``"cat's"`` stays ``"cat's"``).
+  - contraction keys with capitals (``"Im"``, ``"Ive"``, ``"Id've"``) can never match
+    because the text is lower-cased first; kept as in the original.
+
+  Deviation (documented): the official script applies full normalisation to the
+  prediction but only ``processPunctuation`` to the ground-truth answers, and only when
+  they disagree, because the released annotations are already normalised. We normalise
+  both sides fully by default (as LLaVA's / EvalAI's m4c evaluators do), so raw reference
+  strings such as ``"Two"`` still match; ``official_gt=True`` restores the original rule.
+
+* VQA accuracy: the VQA paper's ``min(#humans who gave the answer / 3, 1)``. With 10
+  reference answers the official script averages this over the 10 leave-one-out subsets
+  of 9 answers (``vqa_accuracy``); with any other number of references we use
+  ``min(#matches / 3, 1)`` over all of them (note: a single reference can then give at
+  most 1/3 — use :func:`exact_match` for single-answer datasets such as GQA).
+* GQA / TextVQA-style exact match and classification: equality after the same
+  normalisation (CoIN App. E: "comparing predicted labels with real ones").
+* ScienceQA: option letter (CoIN Table 1 instruction "Answer with the option's letter
+  from the given choices directly"; LLaVA's eval accepts "B", "B. text", "The answer is B").
+* Grounding (RefCOCO*): CoIN App. E counts a prediction correct if IoU with the ground
+  truth box is **greater than** 0.5 (and CoIN's eval_grounding.py uses ``iou > 0.5``);
+  TRI's vlm-evaluation (Srivastava App. B.3) uses ``>= 0.5``: ``inclusive=True``.
+  Boxes are normalised ``[x1, y1, x2, y2]`` in [0, 1].
+* LLM judge (CoIN §3.1.3 "Reasoning Capability"): the judge returns a score 0..10 and
+  the task score is ``100 · Σ score / (10 · N)``. CoIN's own script counts unparseable
+  replies as 0 in N; here they are excluded and counted (``unparseable_as_zero=True``
+  reproduces CoIN).
+* EMT (Zhai et al., §4 and §4.2, §7 "Post-processing the outputs"): the MLLM is asked for
+  a single label; outputs are classed as correct / wrong (incorrect prediction) /
+  intrinsic hallucination (names several labels) / extrinsic hallucination (names no
+  label). §7 (1): nearest label by embedding distance ``argmin_i ||e_i − e(y)||_2``;
+  §7 (2): "hard code ... finding the existence of the label names" (:func:`emt_exact`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "CONTRACTIONS",
+    "MANUAL_MAP",
+    "ARTICLES",
+    "PUNCT",
+    "process_punctuation",
+    "process_digit_article",
+    "normalize_answer",
+    "vqa_accuracy",
+    "exact_match",
+    "classification_match",
+    "classification_accuracy",
+    "extract_option_letter",
+    "option_letter_match",
+    "parse_box",
+    "iou",
+    "grounding_correct",
+    "parse_judge_score",
+    "JudgeTaskScore",
+    "judge_task_score",
+    "EMT_CORRECT",
+    "EMT_WRONG",
+    "EMT_INTRINSIC",
+    "EMT_EXTRINSIC",
+    "emt_label_mentions",
+    "emt_exact",
+    "emt_nearest",
+    "emt_summary",
+]
+
+# ======================================================================================
+# Official VQA normalisation (vqaEval.py)
+# ======================================================================================
+
+CONTRACTIONS: dict[str, str] = {
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've",
+    "couldnt": "couldn't", "couldn'tve": "couldn't've", "couldnt've": "couldn't've",
+    "didnt": "didn't", "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't",
+    "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't", "havent": "haven't",
+    "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's", "howd": "how'd",
+    "howll": "how'll", "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm",
+    "Ive": "I've", "isnt": "isn't", "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've",
+    "itll": "it'll", "let's": "let's", "maam": "ma'am", "mightnt": "mightn't",
+    "mightnt've": "mightn't've", "mightn'tve": "mightn't've", "mightve": "might've",
+    "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't", "notve": "not've",
+    "oclock": "o'clock", "oughtnt": "oughtn't", "ow's'at": "'ow's'at", "'ows'at": "'ow's'at",
+    "'ow'sat": "'ow's'at", "shant": "shan't", "shed've": "she'd've", "she'dve": "she'd've",
+    "she's": "she's", "shouldve": "should've", "shouldnt": "shouldn't",
+    "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've", "somebody'd": "somebodyd",
+    "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've",
+    "somebodyll": "somebody'll", "somebodys": "somebody's", "someoned": "someone'd",
+    "someoned've": "someone'd've", "someone'dve": "someone'd've", "someonell": "someone'll",
+    "someones": "someone's", "somethingd": "something'd", "somethingd've": "something'd've",
+    "something'dve": "something'd've", "somethingll": "something'll", "thats": "that's",
+    "thered": "there'd", "thered've": "there'd've", "there'dve": "there'd've",
+    "therere": "there're", "theres": "there's", "theyd": "they'd", "theyd've": "they'd've",
+    "they'dve": "they'd've", "theyll": "they'll", "theyre": "they're", "theyve": "they've",
+    "twas": "'twas", "wasnt": "wasn't", "wed've": "we'd've", "we'dve": "we'd've",
+    "weve": "we've", "werent": "weren't", "whatll": "what'll", "whatre": "what're",
+    "whats": "what's", "whatve": "what've", "whens": "when's", "whered": "where'd",
+    "wheres": "where's", "whereve": "where've", "whod": "who'd", "whod've": "who'd've",
+    "who'dve": "who'd've", "wholl": "who'll", "whos": "who's", "whove": "who've",
+    "whyll": "why'll", "whyre": "why're", "whys": "why's", "wont": "won't",
+    "wouldve": "would've", "wouldnt": "wouldn't", "wouldnt've": "wouldn't've",
+    "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll",
+    "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've",
+    "youd": "you'd", "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll",
+    "youre": "you're", "youve": "you've",
+}  # fmt: skip
+
+MANUAL_MAP: dict[str, str] = {
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
+    "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+}  # fmt: skip
+
+ARTICLES: tuple[str, ...] = ("a", "an", "the")
+
+PUNCT: tuple[str, ...] = (
+    ";", r"/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-",
+    ">", "<", "@", "`", ",", "?", "!",
+)  # fmt: skip
+
+_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")  # sic, see module docstring
+_COMMA_STRIP = re.compile(r"(\d)(\,)(\d)")
+
+
+def process_punctuation(text: str) -> str:
+    """``VQAEval.processPunctuation``: a punctuation mark is deleted where it touches a
+    space (or anywhere, if the text has a digit,digit comma) and replaced by a space
+    otherwise; then periods not followed by a digit are removed."""
+    out = text
+    has_num_comma = _COMMA_STRIP.search(text) is not None
+    for p in PUNCT:
+        if (p + " " in text or " " + p in text) or has_num_comma:
+            out = out.replace(p, "")
+        else:
+            out = out.replace(p, " ")
+    return _PERIOD_STRIP.sub("", out, count=re.UNICODE)  # count=32, as the original
+
+
+def process_digit_article(text: str) -> str:
+    """``VQAEval.processDigitArticle``: lower-case, number words → digits, drop
+    articles, expand contractions ("dont" → "don't"), single-space join."""
+    words = []
+    for w in text.lower().split():
+        w = MANUAL_MAP.get(w, w)
+        if w not in ARTICLES:
+            words.append(w)
+    return " ".join(CONTRACTIONS.get(w, w) for w in words)
+
+
+def normalize_answer(text: str) -> str:
+    """Full official normalisation of one answer (newline/tab → space, strip,
+    punctuation, digits/articles/contractions)."""
+    t = str(text).replace("\n", " ").replace("\t", " ").strip()
+    return process_digit_article(process_punctuation(t))
+
+
+def vqa_accuracy(prediction: str, answers: Sequence[str], *, official_gt: bool = False) -> float:
+    """VQA accuracy of one prediction against the human answers.
+
+    * 10 answers (VQAv2, TextVQA, VizWiz): the official procedure, the mean over the
+      10 leave-one-out subsets of 9 answers of ``min(#matches / 3, 1)``.
+    * any other count: ``min(#matches / 3, 1)`` over all answers (a documented
+      simplification; see the module docstring). No answers → ``ValueError``.
+
+    ``official_gt=True`` processes reference answers as vqaEval.py does (punctuation only,
+    and only when the references disagree); by default they get the full normalisation.
+    """
+    answers = [str(a) for a in answers]
+    if not answers:
+        raise ValueError("vqa_accuracy: no reference answers")
+    pred = normalize_answer(prediction)
+    if official_gt:
+        refs = [a.replace("\n", " ").replace("\t", " ").strip() for a in answers]
+        if len(set(refs)) > 1:
+            refs = [process_punctuation(a) for a in refs]
+    else:
+        refs = [normalize_answer(a) for a in answers]
+    if len(refs) == 10:
+        accs = []
+        for i in range(10):
+            matches = sum(1 for j, r in enumerate(refs) if j != i and r == pred)
+            accs.append(min(1.0, matches / 3.0))
+        return float(sum(accs) / 10.0)
+    matches = sum(1 for r in refs if r == pred)
+    return float(min(1.0, matches / 3.0))
+
+
+def exact_match(prediction: str, answer: str) -> float:
+    """1.0 if prediction and answer are equal after :func:`normalize_answer`, else 0.0
+    (GQA, single-reference TextVQA/OCR-VQA style)."""
+    return 1.0 if normalize_answer(prediction) == normalize_answer(answer) else 0.0
+
+
+def classification_match(prediction: str, label: str) -> float:
+    """Single-label classification (CoIN ImageNet, App. E): exact match after
+    normalisation, so "A goldfish." matches "goldfish"."""
+    return exact_match(prediction, label)
+
+
+def classification_accuracy(predictions: Sequence[str], labels: Sequence[str]) -> float:
+    """Mean of :func:`classification_match` over aligned lists (empty → ValueError)."""
+    if len(predictions) != len(labels):
+        raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
+    if not labels:
+        raise ValueError("classification_accuracy: empty")
+    return float(sum(classification_match(p, l) for p, l in zip(predictions, labels)) / len(labels))
+
+
+# ======================================================================================
+# ScienceQA option letters
+# ======================================================================================
+
+_LETTER_ALONE = re.compile(r"^\(?\s*([A-Za-z])\s*\)?\s*[.:)]?$")
+_LETTER_LEAD = re.compile(r"^\(?([A-Z])(?:\)|[.:])(?:\s|$)")
+_LETTER_PHRASE = re.compile(
+    r"\b(?:the\s+)?(?:correct\s+)?(?:answer|option|choice)(?:\s+is)?\s*[:\-]?\s*\(?([A-Z])\)?(?![A-Za-z])",
+    re.IGNORECASE,
+)
+
+
+def extract_option_letter(text: str, letters: str | None = None) -> str | None:
+    """The option letter a reply gives, or None.
+
+    Accepted: ``"B"``, ``"b"``, ``"B."``, ``"(B)"``, ``"B)"``, ``"B: text"``,
+    ``"B. New Hampshire"``, ``"(B) New Hampshire"``, ``"The answer is B."``,
+    ``"Answer: (B)"``, ``"The correct option is B"``. A bare leading capital without
+    punctuation ("A cat ...") is not a letter. ``letters`` restricts the valid letters
+    (e.g. ``"ABCD"``); anything else gives None.
+    """
+    t = str(text).strip()
+    letter = None
+    m = _LETTER_ALONE.match(t)
+    if m:
+        letter = m.group(1).upper()
+    else:
+        m = _LETTER_LEAD.match(t)
+        if m:
+            letter = m.group(1)
+        else:
+            m = _LETTER_PHRASE.search(t)
+            if m and m.group(1).isupper():
+                letter = m.group(1)
+    if letter is None:
+        return None
+    if letters is not None and letter not in letters.upper():
+        return None
+    return letter
+
+
+def option_letter_match(prediction: str, answer_letter: str, letters: str | None = None) -> float:
+    """1.0 if the reply's option letter equals ``answer_letter`` (itself "B", "(B)", ...)."""
+    truth = extract_option_letter(answer_letter)
+    if truth is None:
+        raise ValueError(f"not an option letter: {answer_letter!r}")
+    return 1.0 if extract_option_letter(prediction, letters) == truth else 0.0
+
+
+# ======================================================================================
+# Grounding boxes
+# ======================================================================================
+
+_BRACKETS = re.compile(r"\[([^\[\]]*)\]")
+_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_NUM_LIST = re.compile(rf"^\s*{_NUM}(?:\s*,\s*{_NUM})*\s*,?\s*$")
+
+
+def parse_box(text: str) -> tuple[float, float, float, float] | None:
+    """The first bracketed list of numbers in ``text`` as ``(x1, y1, x2, y2)``, or None.
+
+    The first ``[...]`` that holds only comma-separated numbers is the model's box
+    (brackets with words, e.g. "[image]", are skipped). It must hold exactly four numbers,
+    all in [0, 1], with x1 < x2 and y1 < y2; otherwise None (no later box is tried).
+    """
+    for m in _BRACKETS.finditer(str(text)):
+        inner = m.group(1)
+        if not _NUM_LIST.match(inner):
+            continue
+        vals = [float(v) for v in re.findall(_NUM, inner)]
+        if len(vals) != 4 or any(not math.isfinite(v) for v in vals):
+            return None
+        x1, y1, x2, y2 = vals
+        if not all(0.0 <= v <= 1.0 for v in vals) or not (x1 < x2 and y1 < y2):
+            return None
+        return (x1, y1, x2, y2)
+    return None
+
+
+def iou(box_a: Sequence[float], box_b: Sequence[float]) -> float:
+    """Intersection over union of two ``[x1, y1, x2, y2]`` boxes (continuous
+    coordinates, no +1 pixel); 0 when the union has no area."""
+    ax1, ay1, ax2, ay2 = map(float, box_a)
+    bx1, by1, bx2, by2 = map(float, box_b)
+    iw = max(0.0, min(ax2, bx2) - max(ax1, bx1))
+    ih = max(0.0, min(ay2, by2) - max(ay1, by1))
+    inter = iw * ih
+    union = max(0.0, ax2 - ax1) * max(0.0, ay2 - ay1) + max(0.0, bx2 - bx1) * max(0.0, by2 - by1) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def grounding_correct(
+    pred_text: str, gt_box: Sequence[float], threshold: float = 0.5, inclusive: bool = False
+) -> bool:
+    """Referring-expression hit: IoU(parsed box, gt) > threshold (CoIN App. E), or
+    ≥ threshold with ``inclusive=True`` (vlm-evaluation). Unparseable boxes miss."""
+    box = parse_box(pred_text)
+    if box is None:
+        return False
+    v = iou(box, gt_box)
+    return v >= threshold if inclusive else v > threshold
+
+
+# ======================================================================================
+# LLM-judge scores (CoIN "Reasoning Capability")
+# ======================================================================================
+
+_SCORE_NUM = r"(\d+(?:\.\d+)?|\.\d+)"
+_JUDGE_PATTERNS = (
+    re.compile(rf"score\s*(?:is|of|=|:)?\s*[:=]?\s*(-?){_SCORE_NUM}", re.IGNORECASE),
+    re.compile(rf"(-?){_SCORE_NUM}\s*(?:/|out\s+of)\s*10(?![\d.])", re.IGNORECASE),
+    re.compile(rf"(?<![\w.])(-?){_SCORE_NUM}"),
+)
+
+
+def parse_judge_score(reply: str) -> float | None:
+    """The 0..10 score in a judge's reply, or None if there is none.
+
+    Looked for in order: "Score: 8" / "score is 8", then "7/10" / "7 out of 10", then the
+    first number. The first pattern that matches decides: a value outside [0, 10]
+    (e.g. "Score: 12", "-1") gives None, never a silent 0 or a clipped 10.
+    """
+    t = str(reply)
+    for pat in _JUDGE_PATTERNS:
+        m = pat.search(t)
+        if m:
+            if m.group(1):  # negative
+                return None
+            v = float(m.group(2))
+            return v if 0.0 <= v <= 10.0 else None
+    return None
+
+
+class JudgeTaskScore(NamedTuple):
+    score: float  # 100 · Σ s / (10 · N), NaN if nothing was scored
+    n_scored: int
+    n_unparseable: int
+
+
+def judge_task_score(scores: Iterable[float | str | None], *, unparseable_as_zero: bool = False) -> JudgeTaskScore:
+    """Task score from per-sample judge scores: ``100 · Σ s / (10 · N)``.
+
+    Items are parsed scores (float), raw replies (str, parsed with
+    :func:`parse_judge_score`) or None (unparseable). By default unparseable items are
+    left out of N and counted in ``n_unparseable``; ``unparseable_as_zero=True`` counts
+    them as 0 as CoIN's evaluate script does.
+    """
+    vals: list[float] = []
+    bad = 0
+    for s in scores:
+        if isinstance(s, str):
+            s = parse_judge_score(s)
+        if s is None or (isinstance(s, float) and math.isnan(s)):
+            bad += 1
+            continue
+        s = float(s)
+        if not 0.0 <= s <= 10.0:
+            bad += 1
+            continue
+        vals.append(s)
+    n = len(vals) + (bad if unparseable_as_zero else 0)
+    score = 100.0 * sum(vals) / (10.0 * n) if n else math.nan
+    return JudgeTaskScore(score, len(vals), bad)
+
+
+# ======================================================================================
+# EMT (Zhai et al.)
+# ======================================================================================
+
+EMT_CORRECT = "correct"
+EMT_WRONG = "wrong"
+EMT_INTRINSIC = "intrinsic"
+EMT_EXTRINSIC = "extrinsic"
+EMT_DECISIONS = (EMT_CORRECT, EMT_WRONG, EMT_INTRINSIC, EMT_EXTRINSIC)
+
+
+def _label_pattern(label: str) -> re.Pattern:
+    parts = [re.escape(p) for p in re.split(r"[\s_]+", label.strip()) if p]
+    if not parts:
+        raise ValueError(f"empty label {label!r}")
+    body = r"[\s_\-]+".join(parts)
+    return re.compile(rf"(?<![A-Za-z0-9]){body}(?![A-Za-z0-9])", re.IGNORECASE)
+
+
+def emt_label_mentions(output: str, labels: Sequence[str]) -> list[str]:
+    """Labels named in ``output``: case-insensitive, on word boundaries, "_" in a label
+    matching a space or "-" ("aquarium_fish" ~ "aquarium fish"). A mention inside a
+    longer named label's mention does not count ("maple tree" names maple_tree, not
+    tree). Returned in label-set order."""
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for lab in labels:
+        found = [m.span() for m in _label_pattern(lab).finditer(str(output))]
+        if found:
+            spans[lab] = found
+    named = []
+    for lab, ss in spans.items():
+        inside_other = all(
+            any(o != lab and os_ <= s and e <= oe and (oe - os_) > (e - s) for o, oss in spans.items() for os_, oe in oss)
+            for s, e in ss
+        )
+        if not inside_other:
+            named.append(lab)
+    return [lab for lab in labels if lab in named]
+
+
+def emt_exact(output: str, labels: Sequence[str], truth: str) -> str:
+    """EMT decision by label names (Zhai §7 (2), failure modes of §4.2).
+
+    * names no label → ``"extrinsic"`` (output unverifiable against the label set)
+    * names several labels → ``"intrinsic"`` (e.g. LENS listing all CIFAR-10 classes)
+    * names exactly the true label → ``"correct"``; exactly one other → ``"wrong"``.
+    """
+    if truth not in labels:
+        raise ValueError(f"true label {truth!r} is not in the label set")
+    named = emt_label_mentions(output, labels)
+    if not named:
+        return EMT_EXTRINSIC
+    if len(named) > 1:
+        return EMT_INTRINSIC
+    return EMT_CORRECT if named[0] == truth else EMT_WRONG
+
+
+def emt_nearest(
+    output: str, labels: Sequence[str], truth: str, embed: Callable[[list[str]], np.ndarray]
+) -> str:
+    """EMT decision by nearest label embedding (Zhai §7 (1)): ``argmin_i ||e_i − e(y)||_2``
+    with ``embed(texts) -> array (len(texts), d)``; returns "correct" or "wrong"."""
+    if truth not in labels:
+        raise ValueError(f"true label {truth!r} is not in the label set")
+    e = np.asarray(embed([str(output), *labels]), dtype=float)
+    if e.ndim != 2 or e.shape[0] != len(labels) + 1:
+        raise ValueError(f"embed returned shape {e.shape}, expected ({len(labels) + 1}, d)")
+    d = np.linalg.norm(e[1:] - e[0], axis=1)
+    return EMT_CORRECT if labels[int(np.argmin(d))] == truth else EMT_WRONG
+
+
+def emt_summary(decisions: Iterable[str]) -> dict[str, float]:
+    """Shares of each decision plus ``n`` and ``accuracy`` (= share correct).
+    Empty input gives n = 0 and NaN shares."""
+    ds = list(decisions)
+    unknown = set(ds) - set(EMT_DECISIONS)
+    if unknown:
+        raise ValueError(f"unknown EMT decisions {sorted(unknown)}")
+    n = len(ds)
+    out: dict[str, float] = {k: (ds.count(k) / n if n else math.nan) for k in EMT_DECISIONS}
+    out["accuracy"] = out[EMT_CORRECT]
+    out["n"] = n
+    return out

@@ -1,0 +1,6 @@
+"""Continual-learning methods, one module each, registered by name (see base.py)."""
+from .base import METHODS, ContinualMethod, MethodStack, TaskContext, build_methods, register_method
+from . import naive, linear  # noqa: F401,E402  (registration)
+
+__all__ = ["METHODS", "ContinualMethod", "MethodStack", "TaskContext", "build_methods",
+           "register_method"]

@@ -1,0 +1,359 @@
+"""The Parquet result store (docs/architecture.md, "Result rows").
+
+A store is a directory of Parquet part files (``part-<time>-<uuid>.parquet``), one per
+``append``. Writes are atomic: a part is written to a hidden temp file in the same
+directory (``.part-….parquet.tmp``), flushed and fsync'ed, then ``os.replace``d into its
+final name and the directory fsync'ed. A writer killed mid-write leaves at most a hidden
+temp file, which readers never list (Arrow / pandas also skip names starting with ".")
+and the next ``append`` deletes. Appends hold an exclusive ``flock`` on ``.lock`` in the
+directory while they check keys and write, so concurrent appends from several processes
+neither lose rows nor write a key twice.
+
+Rows are keyed; re-appending a key is skipped (reruns skip what is there):
+
+* :class:`ResultStore` (``root/``): one row per scored metric, key
+  ``(run_id, trained_task_index, eval_task, dataset, metric)``.
+* :class:`PredictionStore` (``root/predictions/``): one row per scored sample, key
+  ``(run_id, trained_task_index, eval_task, dataset, sample_id)``.
+
+``ResultStore.read`` lists only the parts directly in ``root`` (not ``predictions/``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+__all__ = [
+    "RESULT_SCHEMA",
+    "RESULT_KEY",
+    "PREDICTION_SCHEMA",
+    "PREDICTION_KEY",
+    "ResultStore",
+    "PredictionStore",
+    "summary_table",
+]
+
+RESULT_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("study", pa.string()),
+        ("model", pa.string()),
+        ("scale", pa.float64()),
+        ("method", pa.string()),
+        ("method_params", pa.string()),
+        ("seed", pa.int64()),
+        ("trained_task_index", pa.int64()),
+        ("trained_task", pa.string()),
+        ("eval_task", pa.string()),
+        ("eval_task_index", pa.int64()),
+        ("dataset", pa.string()),
+        ("split", pa.string()),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+        ("n", pa.int64()),
+        ("time", pa.float64()),
+        ("checkpoint_id", pa.string()),
+        ("eval_set_hash", pa.string()),
+        ("prompt_version", pa.string()),
+        ("decoding", pa.string()),
+    ]
+)
+RESULT_KEY = ("run_id", "trained_task_index", "eval_task", "dataset", "metric")
+
+PREDICTION_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("trained_task_index", pa.int64()),
+        ("eval_task", pa.string()),
+        ("dataset", pa.string()),
+        ("sample_id", pa.string()),
+        ("prompt", pa.string()),
+        ("output", pa.string()),
+        ("reference", pa.string()),
+        ("correct", pa.float64()),
+        ("extra", pa.string()),
+    ]
+)
+PREDICTION_KEY = ("run_id", "trained_task_index", "eval_task", "dataset", "sample_id")
+
+_PART_PREFIX = "part-"
+_PART_SUFFIX = ".parquet"
+_TMP_SUFFIX = ".tmp"
+_LOCK_NAME = ".lock"
+
+
+def _short(row: Mapping[str, Any], key: Sequence[str]) -> str:
+    shown = {k: row.get(k) for k in key if k in row}
+    return repr(shown) if shown else repr(dict(list(row.items())[:4]))
+
+
+def _coerce(value: Any, typ: pa.DataType, col: str, where: str) -> Any:
+    if value is None:
+        raise ValueError(f"{where}: column {col!r} is None")
+    if pa.types.is_string(typ):
+        if isinstance(value, str):
+            return str(value)
+    elif pa.types.is_int64(typ):
+        if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+            return int(value)
+    elif pa.types.is_float64(typ):
+        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
+            return float(value)
+    else:  # pragma: no cover - schemas above only use these three
+        raise TypeError(f"unsupported column type {typ}")
+    raise ValueError(f"{where}: column {col!r} must be {typ}, got {type(value).__name__} {value!r}")
+
+
+class _PartStore:
+    """Shared mechanism: validated, keyed, atomic appends of Parquet part files."""
+
+    schema: pa.Schema
+    key: tuple[str, ...]
+    kind = "row"
+
+    def __init__(self, directory: str | os.PathLike):
+        self.path = Path(directory)
+        self._key_cache: dict[str, set[tuple]] = {}
+
+    # -- validation ------------------------------------------------------------------
+
+    def _prepare(self, col: str, value: Any) -> Any:
+        return value
+
+    def validate(self, rows: Iterable[Mapping[str, Any]]) -> list[dict]:
+        """Check every row against the schema; returns coerced copies.
+
+        Raises ``ValueError`` naming the row and the column for a missing or unknown
+        column, a None, or a value of the wrong type.
+        """
+        names = self.schema.names
+        out = []
+        for i, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                raise ValueError(f"{self.kind} {i}: expected a dict, got {type(row).__name__}")
+            where = f"{self.kind} {i} {_short(row, self.key)}"
+            missing = [c for c in names if c not in row]
+            if missing:
+                raise ValueError(f"{where}: missing column {missing[0]!r}" + (f" (and {missing[1:]})" if missing[1:] else ""))
+            unknown = [c for c in row if c not in names]
+            if unknown:
+                raise ValueError(f"{where}: unknown column {unknown[0]!r}")
+            clean = {}
+            for field in self.schema:
+                v = self._prepare(field.name, row[field.name])
+                clean[field.name] = _coerce(v, field.type, field.name, where)
+            out.append(clean)
+        return out
+
+    # -- files -----------------------------------------------------------------------
+
+    def _parts(self) -> list[Path]:
+        if not self.path.is_dir():
+            return []
+        return sorted(
+            p
+            for p in self.path.iterdir()
+            if p.name.startswith(_PART_PREFIX) and p.name.endswith(_PART_SUFFIX) and p.is_file()
+        )
+
+    def _temp_files(self) -> list[Path]:
+        if not self.path.is_dir():
+            return []
+        return [p for p in self.path.iterdir() if p.name.startswith("." + _PART_PREFIX) and p.name.endswith(_TMP_SUFFIX)]
+
+    @contextlib.contextmanager
+    def _locked(self):
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / _LOCK_NAME, "a+") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def _write_part(self, rows: list[dict]) -> Path:
+        table = pa.Table.from_pylist(rows, schema=self.schema)
+        name = f"{_PART_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex}{_PART_SUFFIX}"
+        final = self.path / name
+        tmp = self.path / f".{name}{_TMP_SUFFIX}"
+        try:
+            with open(tmp, "wb") as fh:
+                pq.write_table(table, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        dir_fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return final
+
+    # -- public API --------------------------------------------------------------------
+
+    def append(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Validate and write ``rows`` as one new part; rows whose key is already stored
+        (or repeated earlier in ``rows``) are dropped. Returns the number written.
+        Leftover temp files of killed writers are deleted."""
+        clean = self.validate(rows)
+        with self._locked():
+            for tmp in self._temp_files():
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+            if not clean:
+                return 0
+            seen = set(self.keys())
+            new = []
+            for r in clean:
+                k = tuple(r[c] for c in self.key)
+                if k in seen:
+                    continue
+                seen.add(k)
+                new.append(r)
+            if new:
+                part = self._write_part(new)
+                self._key_cache[part.name] = {tuple(r[c] for c in self.key) for r in new}
+            return len(new)
+
+    def _read_table(self, columns: Sequence[str] | None = None) -> pa.Table:
+        parts = self._parts()
+        if not parts:
+            schema = self.schema if columns is None else pa.schema([self.schema.field(c) for c in columns])
+            return schema.empty_table()
+        tables = [pq.read_table(p, columns=list(columns) if columns else None) for p in parts]
+        return pa.concat_tables(tables)
+
+    def read(self, filters: Mapping[str, Any] | None = None, columns: Sequence[str] | None = None):
+        """All stored rows as a pandas DataFrame (empty, with the schema's columns and
+        dtypes, when there is no data).
+
+        ``filters`` maps a column to a value or to a list/tuple/set of accepted values,
+        e.g. ``{"run_id": "r1", "metric": ["accuracy", "judge_score"]}``.
+        """
+        table = self._read_table()
+        for col, want in (filters or {}).items():
+            if col not in self.schema.names:
+                raise ValueError(f"unknown filter column {col!r}")
+            values = list(want) if isinstance(want, (list, tuple, set, frozenset)) else [want]
+            value_set = pa.array(values, type=self.schema.field(col).type)
+            table = table.filter(pc.is_in(table[col], value_set=value_set))
+        if columns is not None:
+            table = table.select(list(columns))
+        return table.to_pandas()
+
+    def keys(self) -> set[tuple]:
+        """The set of stored keys (tuples in ``self.key`` order)."""
+        out: set[tuple] = set()
+        for p in self._parts():
+            ks = self._key_cache.get(p.name)
+            if ks is None:
+                t = pq.read_table(p, columns=list(self.key))
+                cols = [t[c].to_pylist() for c in self.key]
+                ks = set(zip(*cols))
+                self._key_cache[p.name] = ks
+            out |= ks
+        return out
+
+    def has(self, key: Sequence[Any]) -> bool:
+        """Whether a row with this key is stored."""
+        key = tuple(key)
+        if len(key) != len(self.key):
+            raise ValueError(f"key must have {len(self.key)} parts {self.key}, got {key!r}")
+        return key in self.keys()
+
+    def __len__(self) -> int:
+        return sum(pq.ParquetFile(p).metadata.num_rows for p in self._parts())
+
+
+class ResultStore(_PartStore):
+    """Metric rows (docs/architecture.md "Result rows") in ``root``."""
+
+    schema = RESULT_SCHEMA
+    key = RESULT_KEY
+    kind = "result row"
+
+    def __init__(self, root: str | os.PathLike):
+        super().__init__(root)
+        self.root = Path(root)
+
+
+class PredictionStore(_PartStore):
+    """Per-sample predictions in ``root/predictions``.
+
+    Columns: run_id, trained_task_index, eval_task, dataset, sample_id, prompt, output,
+    reference (str), correct (float), extra (JSON string; a dict or list is serialised,
+    a string must parse as JSON).
+    """
+
+    schema = PREDICTION_SCHEMA
+    key = PREDICTION_KEY
+    kind = "prediction row"
+
+    def __init__(self, root: str | os.PathLike):
+        super().__init__(Path(root) / "predictions")
+        self.root = Path(root)
+
+    def _prepare(self, col: str, value: Any) -> Any:
+        if col == "extra":
+            if isinstance(value, (dict, list)):
+                return json.dumps(value, sort_keys=True)
+            if isinstance(value, str):
+                try:
+                    json.loads(value)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"column 'extra' is not valid JSON: {value[:80]!r} ({e})") from None
+        return value
+
+
+# ======================================================================================
+# printing
+# ======================================================================================
+
+_SUMMARY_INDEX = ["run_id", "model", "method", "trained_task_index", "trained_task"]
+
+
+def summary_table(df, *, metrics: Iterable[str] | None = None):
+    """Pivot result rows for ``mllmcl results``: one row per (run_id, model, method,
+    trained task), one column per ``eval_task/dataset`` (``eval_task/dataset [metric]``
+    for metrics other than accuracy), ordered by eval task index. Values as stored
+    (fractions). ``metrics`` keeps only those metrics."""
+    import pandas as pd
+
+    if metrics is not None:
+        df = df[df["metric"].isin(list(metrics))]
+    if df is None or len(df) == 0:
+        return pd.DataFrame(columns=_SUMMARY_INDEX)
+    d = df.copy()
+    label = d["eval_task"].astype(str) + "/" + d["dataset"].astype(str)
+    other = d["metric"] != "accuracy"
+    label = label.where(~other, label + " [" + d["metric"].astype(str) + "]")
+    d["_column"] = label
+    order = (
+        d[["_column", "eval_task_index", "eval_task", "dataset", "metric"]]
+        .drop_duplicates("_column")
+        .assign(_acc=lambda x: x["metric"] != "accuracy")
+        .sort_values(["eval_task_index", "eval_task", "dataset", "_acc", "metric"], kind="stable")["_column"]
+        .tolist()
+    )
+    wide = d.pivot_table(index=_SUMMARY_INDEX, columns="_column", values="value", aggfunc="first")
+    wide = wide.reindex(columns=[c for c in order if c in wide.columns])
+    wide.columns.name = None
+    wide = wide.reset_index().sort_values(["run_id", "trained_task_index"], kind="stable")
+    return wide.reset_index(drop=True)

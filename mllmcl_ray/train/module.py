@@ -1,0 +1,63 @@
+"""The training forward: token embeddings with projected image patches merged in.
+
+`MLLMForTraining` wraps the (possibly peft-wrapped) LLaVA model so that one `forward`
+computes the frozen tower's patch features (or takes them from the feature cache), runs
+the projector, scatters the result into the image-token positions and calls the model
+with `inputs_embeds`. Keeping this in one module's forward lets FSDP/DDP wrap it as the
+root. Vision features follow LLaVA-1.5: hidden states of `vision_feature_layer` (-2),
+CLS dropped.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..models.build import parts, unwrap
+
+
+@torch.no_grad()
+def tower_features(vision_tower, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
+    """Frozen CLIP patch features (B, patches, hidden) of `layer`, CLS dropped."""
+    out = vision_tower(pixel_values, output_hidden_states=True)
+    return out.hidden_states[layer][:, 1:]
+
+
+class MLLMForTraining(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        cfg = unwrap(model).config
+        self.image_token_id = cfg.image_token_index
+        self.feature_layer = cfg.vision_feature_layer
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                pixel_values: torch.Tensor | None = None,
+                image_features: torch.Tensor | None = None) -> torch.Tensor:
+        p = parts(self.model)
+        img_mask = input_ids == self.image_token_id
+        embed = p["language_model"].get_input_embeddings()
+        embeds = embed(input_ids.masked_fill(img_mask, 0))
+        if bool(img_mask.any()):
+            if image_features is None:
+                if pixel_values is None:
+                    raise ValueError("batch has image tokens but neither pixel_values nor "
+                                     "image_features")
+                tower = p["vision_tower"]
+                image_features = tower_features(tower, pixel_values.to(
+                    next(tower.parameters()).dtype), self.feature_layer)
+            proj = p["projector"](image_features.to(embeds.dtype))
+            n_tok = int(img_mask.sum())
+            if proj.shape[0] * proj.shape[1] != n_tok:
+                raise ValueError(f"{proj.shape[0] * proj.shape[1]} image features for {n_tok} "
+                                 "image tokens: check n_image_tokens and the vision config")
+            embeds = embeds.masked_scatter(img_mask.unsqueeze(-1), proj.reshape(-1, proj.shape[-1]))
+        return self.model(inputs_embeds=embeds, attention_mask=attention_mask).logits
+
+
+def answer_positions(logits: torch.Tensor, labels: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token logits at answer positions and their targets: ([M, V], [M])."""
+    shift_logits = logits[:, :-1]
+    shift_labels = labels[:, 1:]
+    sel = shift_labels != -100
+    return shift_logits[sel], shift_labels[sel]

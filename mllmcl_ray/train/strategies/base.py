@@ -1,0 +1,108 @@
+"""Parallel strategies behind one base class and a name registry.
+
+A strategy wraps the training module for its process group and knows how to gather a
+full state dict for saving; it never knows which CL method runs. `single` is the plain
+one-process loop; `ddp` and the FSDP2 strategies (`full_shard`, `shard_grad_op`) live in
+their own modules.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ...config import ConfigError
+
+STRATEGIES: dict[str, type[Strategy]] = {}
+
+
+def register_strategy(*names: str):
+    def deco(cls):
+        for n in names:
+            STRATEGIES[n] = cls
+        cls.names = names
+        return cls
+
+    return deco
+
+
+def get_strategy(name: str, **kwargs) -> Strategy:
+    import mllmcl_ray.train.strategies  # noqa: F401  (registers built-ins)
+
+    if name not in STRATEGIES:
+        raise ConfigError(f"parallel strategy {name!r} is unknown; known: {sorted(STRATEGIES)}")
+    return STRATEGIES[name](name=name, **kwargs)
+
+
+class Strategy:
+    names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, name: str = "none", device: torch.device | None = None,
+                 mixed_precision: str = "fp32", activation_checkpointing: bool = False):
+        self.name = name
+        self.device = device or torch.device("cpu")
+        self.mixed_precision = mixed_precision
+        self.activation_checkpointing = activation_checkpointing
+
+    @property
+    def world_size(self) -> int:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size()
+        return 1
+
+    @property
+    def rank(self) -> int:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank()
+        return 0
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        return module.to(self.device)
+
+    def no_sync(self, module: nn.Module):
+        """Skip gradient sync on accumulation micro-steps where the strategy can."""
+        return contextlib.nullcontext()
+
+    def autocast(self):
+        if self.mixed_precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def clip_grad_norm(self, module: nn.Module, max_norm: float) -> float:
+        params = [p for p in module.parameters() if p.grad is not None]
+        if not params or max_norm <= 0:
+            return 0.0
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+    def all_reduce_mean(self, value: float) -> float:
+        if self.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return float(t.item()) / self.world_size
+
+    def full_state_dict(self, module: nn.Module) -> dict | None:
+        """The unwrapped inner model's full state dict (on rank 0; None elsewhere)."""
+        inner = module.module if hasattr(module, "module") else module
+        return {k: v.detach().cpu() for k, v in inner.model.state_dict().items()}
+
+    def unwrap(self, module: nn.Module) -> nn.Module:
+        return module.module if hasattr(module, "module") else module
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+
+@register_strategy("none", "single")
+class SingleProcess(Strategy):
+    """One process, no wrapping (the plain loop; also Ray Train with one worker)."""
+
+
+def check_strategy_name(name: str) -> None:
+    import mllmcl_ray.train.strategies  # noqa: F401
+
+    if name not in STRATEGIES:
+        raise ConfigError(f"parallel strategy {name!r} is unknown; known: {sorted(STRATEGIES)}")
