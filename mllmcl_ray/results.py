@@ -130,7 +130,7 @@ class _PartStore:
 
     # -- validation ------------------------------------------------------------------
 
-    def _prepare(self, col: str, value: Any) -> Any:
+    def _prepare(self, col: str, value: Any, where: str) -> Any:
         return value
 
     def validate(self, rows: Iterable[Mapping[str, Any]]) -> list[dict]:
@@ -153,7 +153,7 @@ class _PartStore:
                 raise ValueError(f"{where}: unknown column {unknown[0]!r}")
             clean = {}
             for field in self.schema:
-                v = self._prepare(field.name, row[field.name])
+                v = self._prepare(field.name, row[field.name], where)
                 clean[field.name] = _coerce(v, field.type, field.name, where)
             out.append(clean)
         return out
@@ -310,7 +310,7 @@ class PredictionStore(_PartStore):
         super().__init__(Path(root) / "predictions")
         self.root = Path(root)
 
-    def _prepare(self, col: str, value: Any) -> Any:
+    def _prepare(self, col: str, value: Any, where: str) -> Any:
         if col == "extra":
             if isinstance(value, (dict, list)):
                 return json.dumps(value, sort_keys=True)
@@ -318,7 +318,7 @@ class PredictionStore(_PartStore):
                 try:
                     json.loads(value)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"column 'extra' is not valid JSON: {value[:80]!r} ({e})") from None
+                    raise ValueError(f"{where}: column 'extra' is not valid JSON: {value[:80]!r} ({e})") from None
         return value
 
 

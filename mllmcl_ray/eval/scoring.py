@@ -153,7 +153,7 @@ def process_punctuation(text: str) -> str:
             out = out.replace(p, "")
         else:
             out = out.replace(p, " ")
-    return _PERIOD_STRIP.sub("", out, count=re.UNICODE)  # count=32, as the original
+    return _PERIOD_STRIP.sub("", out, count=32)  # the original passes re.UNICODE (=32) as count
 
 
 def process_digit_article(text: str) -> str:

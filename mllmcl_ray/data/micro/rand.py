@@ -37,26 +37,25 @@ class Rand:
 
     def __init__(self, rng: np.random.Generator):
         self.np = rng
-        self._buf: list[float] = []
-        self._i = 0
+        self._it = iter(())
 
     @classmethod
     def named(cls, seed: int, *names: str) -> "Rand":
         return cls(make_rng(seed, *names))
 
     def random(self) -> float:
-        if self._i >= len(self._buf):
-            self._buf = self.np.random(_BLOCK).tolist()
-            self._i = 0
-        v = self._buf[self._i]
-        self._i += 1
-        return v
+        try:
+            return next(self._it)
+        except StopIteration:
+            self._it = iter(self.np.random(_BLOCK).tolist())
+            return next(self._it)
 
     def integers(self, lo: int, hi: int | None = None) -> int:
         """Uniform integer in [lo, hi) (or [0, lo) with one argument)."""
         if hi is None:
             lo, hi = 0, lo
-        return lo + min(int(self.random() * (hi - lo)), hi - lo - 1)
+        i = int(self.random() * (hi - lo))
+        return lo + (i if i < hi - lo else hi - lo - 1)
 
     def uniform(self, lo: float, hi: float) -> float:
         return lo + (hi - lo) * self.random()
@@ -65,7 +64,9 @@ class Rand:
         return self.random() < p
 
     def pick(self, seq: Sequence[T]) -> T:
-        return seq[self.integers(len(seq))]
+        n = len(seq)
+        i = int(self.random() * n)
+        return seq[i if i < n else n - 1]
 
     def pick_k(self, seq: Sequence[T], k: int, exclude: Sequence = ()) -> list[T]:
         """`k` distinct elements (partial Fisher-Yates), in draw order."""

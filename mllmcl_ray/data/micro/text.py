@@ -60,7 +60,7 @@ FILLERS: tuple[str, ...] = (
     "{A} was hungry.", "{B} drank some water.", "It started to rain.", "The rain stopped soon.",
     "A dog barked outside.", "{A} looked out of the window.", "The door was open.",
     "{B} sat down on a chair.", "It was very late.", "The room was quiet.", "{A} sang a song.",
-    "{B} read a story.", "They ate lunch together.", "A {c} car drove past.",
+    "{B} read a story.", "They ate lunch together.", "Then {ac} car drove past.",
     "{B} saw {n} {c} birds.", "{A} was tired.", "{B} told a funny joke.",
     "The clock on the wall was {c}.", "{A} went to the {p} and came back.",
     "They played a game.", "{B} waved at a friend.", "Somebody knocked on the door.",
@@ -77,6 +77,8 @@ STORY_KINDS = ("give_obj", "give_name", "place", "position", "count")
 STORY_KIND_P = (0.35, 0.20, 0.15, 0.15, 0.15)
 QUIZ_KINDS = ("who_has", "who_gave", "where_now", "what_color", "how_many", "tallest")
 QUIZ_KIND_P = (0.22, 0.15, 0.2, 0.18, 0.15, 0.10)
+QUIZ_POOL = {"who_has": V.NAMES, "who_gave": V.NAMES, "tallest": V.NAMES, "where_now": V.PLACES,
+             "what_color": V.COLORS, "how_many": V.NUMBERS[2:10]}
 DOC_KINDS = ("story", "quiz", "facts", "schema")
 DOC_KIND_P = (0.50, 0.15, 0.20, 0.15)
 
@@ -126,9 +128,9 @@ class TextGen:
     # -- pieces ------------------------------------------------------------------------
     def filler(self, A: str, B: str, avoid_colors=(), avoid_places=(), avoid_numbers=()) -> str:
         t = self.pick(FILLERS)
+        c = self.pick([c for c in V.COLORS if c not in avoid_colors])
         return t.format(
-            A=self.pick((A, B)), B=self.pick((A, B)),
-            c=self.pick([c for c in V.COLORS if c not in avoid_colors]),
+            A=self.pick((A, B)), B=self.pick((A, B)), c=c, ac=V.a(c),
             p=self.pick([p for p in V.PLACES if p not in avoid_places]),
             n=self.pick([n for n in V.NUMBERS[2:10] if n not in avoid_numbers]),
         )
@@ -141,7 +143,7 @@ class TextGen:
                         alt: int | None = None, pronoun_p: float = 0.4, avoid_objects=()) -> str:
         """A schema sentence with the referent resolved (name / object, or a pronoun)."""
         _, kind, prefix, alts = _SCHEMA_BY_NAME[name]
-        alt = (self.rnd.integers(len(alts))) if alt is None else alt
+        alt = self.rnd.integers(len(alts)) if alt is None else alt
         suffix, role = alts[alt]
         if kind == "person":
             if X is None or Y is None:
@@ -156,7 +158,7 @@ class TextGen:
         return f"{head} {ref} {suffix}."
 
     # -- stories -----------------------------------------------------------------------
-    def story(self, kind: str | None = None, n_fillers: tuple[int, int] = (3, 6),
+    def story(self, kind: str | None = None, n_fillers: tuple[int, int] = (3, 7),
               extras: bool = True) -> Story:
         kind = kind or self.choose_kind(STORY_KINDS, STORY_KIND_P)
         A, B = self.two_names()
@@ -170,13 +172,13 @@ class TextGen:
         if kind in ("give_obj", "give_name"):
             give = f"{A} gave the {c1} {o1} to {B}."
             if extras and self.coin(0.35):  # the "give" schema, with this story's object
-                alt = (self.rnd.integers(2))
+                alt = self.rnd.integers(2)
                 suffix, role = _SCHEMA_BY_NAME["give"][3][alt]
                 ref = A if role == "X" else B
                 if self.coin(0.4):
                     ref = V.PRONOUN[V.gender(ref)]
                 give = f"{A} gave the {c1} {o1} to {B} because {ref} {suffix}."
-            body = [f"{A} had a {c1} {o1} and a {c2} {o2}.", give]
+            body = [f"{A} had {V.a(c1)} {o1} and {V.a(c2)} {o2}.", give]
             if kind == "give_obj":
                 if self.coin(0.7):
                     prefix, target = self.pick((
@@ -216,7 +218,7 @@ class TextGen:
         else:  # pragma: no cover
             raise ValueError(kind)
         avoid = dict(avoid_colors=(c1, c2), avoid_places=(p0, p1, p2), avoid_numbers=nums)
-        middle = [self.filler(A, B, **avoid) for _ in range((self.rnd.integers(n_fillers[0], n_fillers[1] + 1)))]
+        middle = [self.filler(A, B, **avoid) for _ in range(self.rnd.integers(n_fillers[0], n_fillers[1] + 1))]
         if extras and self.coin(0.3):
             middle.append(self.fact_mention(A, B))
         if extras and self.coin(0.3):
@@ -234,8 +236,8 @@ class TextGen:
         info.update(kind=kind)
         return Story(sentences, prefix, target, kind, info)
 
-    def quiz(self, kind: str | None = None) -> tuple[str, str, list[str], str]:
-        """A story-reading question: (story text, question, distractor pool, answer)."""
+    def quiz(self, kind: str | None = None) -> tuple[str, str, list[str], str, str]:
+        """A story-reading question: (story, question, strong distractors, answer, kind)."""
         kind = kind or self.choose_kind(QUIZ_KINDS, QUIZ_KIND_P)
         A, B = self.two_names()
         c1, c2 = self.pick_k(V.COLORS, 2)
@@ -244,7 +246,7 @@ class TextGen:
         avoid = dict(avoid_colors=(c1, c2), avoid_places=(p0, p1, p2))
         sents = [self.pick(OPENINGS).format(A=A, B=B, p=p0)]
         if kind in ("who_has", "who_gave", "what_color"):
-            sents += [f"{A} had a {c1} {o1} and a {c2} {o2}.", self.filler(A, B, **avoid),
+            sents += [f"{A} had {V.a(c1)} {o1} and {V.a(c2)} {o2}.", self.filler(A, B, **avoid),
                       f"{A} gave the {c1} {o1} to {B}."]
             if kind == "who_has":
                 q, a, strong = f"Who has the {c1} {o1} now?", B, [A]
@@ -271,10 +273,10 @@ class TextGen:
             raise ValueError(kind)
         if self.coin(0.5):
             sents.insert(len(sents) - 1, self.filler(A, B, **avoid))
-        return " ".join(sents), q, strong, a
+        return " ".join(sents), q, strong, a, kind
 
     def quiz_doc(self) -> str:
-        story, q, _, a = self.quiz()
+        story, q, _, a, _ = self.quiz()
         return f"Question: {story} {q}\nAnswer: {a}"
 
     def facts_doc(self) -> str:
@@ -282,14 +284,14 @@ class TextGen:
         idx = self.rnd.pick_k(range(len(self.kb)), k)
         statements = [self.pick(self.kb[i][0]) for i in idx]
         blocks = [" ".join(statements)]
-        for _ in range((self.rnd.integers(1, 4))):
-            j = self.pick(idx) if self.coin(0.5) else (self.rnd.integers(len(self.kb)))
+        for _ in range(self.rnd.integers(1, 4)):
+            j = self.pick(idx) if self.coin(0.5) else self.rnd.integers(len(self.kb))
             _, q, a, _ = self.kb[j]
             blocks.append(f"Question: {q}\nAnswer: {a}")
         return "\n\n".join(blocks)
 
     def schema_doc(self) -> str:
-        k = (self.rnd.integers(3, 6))
+        k = self.rnd.integers(4, 8)
         sents = []
         for _ in range(k):
             sents.append(self.schema_sentence(self.pick(SCHEMAS)[0]))

@@ -78,6 +78,11 @@ OCR_WORDS: tuple[str, ...] = (
 )
 
 
+def a(word: str) -> str:
+    """'a ball', 'an orange ball'."""
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
 def plural(noun: str) -> str:
     if noun.endswith(("x", "s", "sh", "ch")):
         return noun + "es"

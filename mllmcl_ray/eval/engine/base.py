@@ -42,6 +42,7 @@ class Engine(ABC):
     """A model that answers prompts greedily and scores continuations."""
 
     name: str = "engine"
+    template = None  # the model's ConversationTemplate when it is an MLLM
 
     @abstractmethod
     def generate(self, requests: Sequence[GenRequest]) -> list[str]:
@@ -52,9 +53,9 @@ class Engine(ABC):
         """(sum of log p(continuation tokens | context), is_greedy) per pair, in order."""
 
     # -- optional capabilities ----------------------------------------------------------
-    def chat_prompt(self, message: str) -> str:
+    def chat_prompt(self, message: str, system: str | None = None) -> str:
         """A single-turn prompt for `message` in the model's own chat format (the judge)."""
-        return message
+        return f"{system}\n\n{message}" if system else message
 
     def embed(self, texts: Sequence[str]):
         """(N, D) text embeddings (EMT's embedding-nearest decision); optional."""

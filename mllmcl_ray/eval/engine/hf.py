@@ -86,6 +86,7 @@ class HFEngine(Engine):
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id
         self.stop_ids = self._stop_ids()
+        self.last_token_ids: list[list[int]] = []  # generated ids of the last generate()
         self.max_length = max_length or self._model_max_length()
         if self.mllm is not None:
             from ...models.tokenizers import image_token_id
@@ -167,14 +168,17 @@ class HFEngine(Engine):
         return super().decoding(batch_size=self.batch_size, stop_token_ids=self.stop_ids,
                                 **extra)
 
-    def chat_prompt(self, message: str) -> str:
+    def chat_prompt(self, message: str, system: str | None = None) -> str:
+        """MLLMs: their conversation template (its own system prompt); plain LMs: the
+        tokenizer's chat template when it has one, else system + message as text."""
         if self.template is not None:
             return self.template.text_prompt(message)
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": message}], tokenize=False,
-                add_generation_prompt=True)
-        return message
+            msgs = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": message}]
+            return self.tokenizer.apply_chat_template(msgs, tokenize=False,
+                                                      add_generation_prompt=True)
+        return super().chat_prompt(message, system)
 
     # ----------------------------------------------------------------------------------
     # generation
@@ -183,18 +187,22 @@ class HFEngine(Engine):
     def generate(self, requests: Sequence[GenRequest]) -> list[str]:
         requests = list(requests)
         out: list[str | None] = [None] * len(requests)
+        self.last_token_ids: list[list[int]] = [[] for _ in requests]
         enc = [self.encode_prompt(r.prompt, r.image is not None) for r in requests]
         for has_image in (False, True):
             idx = [i for i, r in enumerate(requests) if (r.image is not None) == has_image]
             idx.sort(key=lambda i: -len(enc[i]))  # stable: equal lengths keep their order
             for s in range(0, len(idx), self.batch_size):
                 chunk = idx[s:s + self.batch_size]
-                for i, text in zip(chunk, self._generate_batch(
-                        [enc[i] for i in chunk], [requests[i] for i in chunk])):
+                texts, toks = self._generate_batch([enc[i] for i in chunk],
+                                                   [requests[i] for i in chunk])
+                for i, text, t in zip(chunk, texts, toks):
                     out[i] = text
+                    self.last_token_ids[i] = t
         return out  # type: ignore[return-value]
 
-    def _generate_batch(self, seqs: list[list[int]], reqs: list[GenRequest]) -> list[str]:
+    def _generate_batch(self, seqs: list[list[int]], reqs: list[GenRequest]
+                        ) -> tuple[list[str], list[list[int]]]:
         budget = max(r.max_new_tokens for r in reqs)
         room = self.max_length - budget
         if room <= 0:
@@ -208,15 +216,16 @@ class HFEngine(Engine):
         gen = self.model.generate(input_ids=input_ids, attention_mask=mask,
                                   generation_config=self._generation_config(budget), **kwargs)
         new = gen[:, input_ids.shape[1]:].tolist()
-        texts = []
+        texts, toks = [], []
         for row, r in zip(new, reqs):
             row = row[:r.max_new_tokens]
             for k, t in enumerate(row):
                 if t in self.stop_ids:
                     row = row[:k]
                     break
+            toks.append(row)
             texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
-        return texts
+        return texts, toks
 
     # ----------------------------------------------------------------------------------
     # log-likelihood

@@ -45,6 +45,7 @@ class Strategy:
         self.device = device or torch.device("cpu")
         self.mixed_precision = mixed_precision
         self.activation_checkpointing = activation_checkpointing
+        self.wrapped: nn.Module | None = None  # the module `wrap` returned last
 
     @property
     def world_size(self) -> int:
@@ -59,7 +60,11 @@ class Strategy:
         return 0
 
     def wrap(self, module: nn.Module) -> nn.Module:
-        return module.to(self.device)
+        module = module.to(self.device)
+        if self.activation_checkpointing:
+            enable_activation_checkpointing(module)
+        self.wrapped = module
+        return module
 
     def no_sync(self, module: nn.Module):
         """Skip gradient sync on accumulation micro-steps where the strategy can."""
@@ -91,9 +96,25 @@ class Strategy:
     def unwrap(self, module: nn.Module) -> nn.Module:
         return module.module if hasattr(module, "module") else module
 
+    def load_model_state(self, module: nn.Module, state: dict) -> None:
+        """Load a full state dict of the inner model (keys of `mllm.model`) into the
+        wrapped module, on every rank (mid-task resume)."""
+        self.unwrap(module).model.load_state_dict(state)
+
     def barrier(self) -> None:
         if self.world_size > 1:
             torch.distributed.barrier()
+
+
+def enable_activation_checkpointing(module: nn.Module) -> None:
+    """transformers' gradient checkpointing (non-reentrant) on the LLaVA model inside
+    `module` (an MLLMForTraining, possibly DDP-wrapped): recompute each decoder layer's
+    activations in backward. Module names do not change, so state dicts stay plain."""
+    from ...models.build import unwrap
+
+    inner = module.module if hasattr(module, "module") else module
+    unwrap(inner.model).gradient_checkpointing_enable(
+        gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 @register_strategy("none", "single")

@@ -1,0 +1,160 @@
+"""`mllmcl`: the command line.
+
+    mllmcl micro      run the micro continual study on this machine (CPU, minutes)
+    mllmcl run        run one continual run from a YAML config (+ --set overrides)
+    mllmcl validate   load and validate a YAML config without running it
+    mllmcl world      write the synthetic micro world
+    mllmcl bases      pretrain (or show) the micro base models
+    mllmcl results    print a summary table of a results directory
+    mllmcl report     build the interactive HTML report of a results directory
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/micro", help="output directory (default: runs/micro)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def cmd_micro(args) -> int:
+    from .study import micro_quickstart
+
+    report = micro_quickstart(out=Path(args.out), method=args.method, seed=args.seed,
+                              size=args.size, tasks=args.tasks, workers=args.workers,
+                              progress=not args.quiet)
+    print(f"report: {report}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .study import load_run_config, run_and_evaluate
+
+    cfg = load_run_config(args.config, args.set)
+    run_and_evaluate(cfg, progress=not args.quiet)
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from .study import load_run_config, validate_run_config
+
+    cfg = load_run_config(args.config, args.set)
+    for line in validate_run_config(cfg):
+        print(line)
+    print("config OK")
+    return 0
+
+
+def cmd_world(args) -> int:
+    from .data.micro.world import generate_world
+
+    m = generate_world(args.dir, seed=args.seed, size=args.size)
+    print(f"micro world ({args.size}, seed {args.seed}) at {args.dir}")
+    print(m)
+    return 0
+
+
+def cmd_bases(args) -> int:
+    from .study import prepare_micro
+
+    prep = prepare_micro(Path(args.out), sizes=args.sizes.split(","), progress=not args.quiet)
+    for name, spec in prep.specs.items():
+        print(f"{name}: llm={spec.llm} vision={spec.vision}")
+    print(prep.skill_text())
+    return 0
+
+
+def cmd_results(args) -> int:
+    from .results import ResultStore, summary_table
+
+    store = ResultStore(args.dir)
+    df = store.read()
+    if df.empty:
+        print(f"no results in {args.dir}", file=sys.stderr)
+        return 1
+    import pandas as pd
+
+    with pd.option_context("display.max_columns", 50, "display.width", 200,
+                           "display.max_colwidth", 40):
+        print(summary_table(df).to_string())
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import build_report
+
+    out = build_report(args.dir, args.output, title=args.title)
+    print(out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="mllmcl", description="Scaling studies of continual learning in multimodal LLMs "
+        "(Ray Train / Tune, vLLM or transformers evaluation, plotly reports).")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("micro", help="run the micro continual study here (CPU, minutes)")
+    _add_common(p)
+    p.add_argument("--method", default="naive", help="CL method(s), e.g. naive, soft_targets, "
+                   "msgm+rehearsal (default: naive)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", default="micro-s", help="micro LLM size (micro-xs, micro-s, micro-m)")
+    p.add_argument("--tasks", default="instruct,vqa,ocr,grounding",
+                   help="VL task sequence (Srivastava Table 4 order by default)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="Ray Train workers (0: plain in-process loop, default)")
+    p.set_defaults(func=cmd_micro)
+
+    p = sub.add_parser("run", help="run one continual run from a YAML config")
+    p.add_argument("config", help="YAML file with RunConfig fields")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set method.name=soft_targets")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="load and validate a YAML run config")
+    p.add_argument("config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("world", help="write the synthetic micro world")
+    p.add_argument("dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", default="micro", help="tiny or micro")
+    p.set_defaults(func=cmd_world)
+
+    p = sub.add_parser("bases", help="pretrain (or reuse) the micro base models")
+    _add_common(p)
+    p.add_argument("--sizes", default="micro-s", help="comma-separated micro LLM sizes")
+    p.set_defaults(func=cmd_bases)
+
+    p = sub.add_parser("results", help="print a summary table of a results directory")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("report", help="build the interactive HTML report")
+    p.add_argument("dir")
+    p.add_argument("-o", "--output", default="report.html")
+    p.add_argument("--title", default=None)
+    p.set_defaults(func=cmd_report)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .config import ConfigError
+    from .data.instruct import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, FileNotFoundError) as e:
+        print(f"mllmcl {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

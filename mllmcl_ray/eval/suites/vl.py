@@ -1,0 +1,159 @@
+"""Vision-language test sets: slim subset → template prompt → greedy answer → scorer.
+
+An `EvalSet` names a LLaVA-format test file (records ``{id, image, conversations}`` plus
+scorer fields) and its scorer `kind`:
+
+| kind | reference field | scorer (`eval/scoring.py`) |
+|---|---|---|
+| ``vqa`` | ``answers`` (10 human answers; else the gpt turn) | `vqa_accuracy` |
+| ``exact`` | ``answer`` (else the gpt turn) | `exact_match` |
+| ``option`` | ``answer`` letter (else the gpt turn) | `option_letter_match` |
+| ``grounding`` | ``bbox`` [x1, y1, x2, y2] in [0, 1] | `grounding_correct` (IoU > 0.5) |
+| ``classification`` | ``label`` (else the gpt turn) | `classification_match` |
+
+The subset is ``max_samples`` records chosen by the seed (`common.select_subset`, the
+slim sets of Srivastava et al. / Prismatic hold 1024). The prompt is the record's
+conversation without its answer, rendered by the model's template (`template.prompt`).
+
+TextVQA "OCR" vs "Pure" are two EvalSets over the same file: with ``ocr_tokens=True``
+the record's ``ocr_tokens`` are added to the question as in LLaVA-1.5's TextVQA eval
+(``"\\nReference OCR token: a, b, c"`` before the answer-format line). `EvalSet` has no
+prompt-option field, so ``ocr_tokens=None`` (the default) turns it on for a set whose
+name ends in ``_ocr`` (e.g. ``textvqa_ocr``) and off otherwise.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from collections.abc import Callable
+
+from ...config import DataSource, EvalSet
+from ...data.instruct import read_instructions
+from .. import scoring
+from ..engine.base import GenRequest
+from .common import SuiteResult, content_hash, select_subset
+
+VL_KINDS = ("vqa", "exact", "option", "grounding", "classification")
+OCR_PREFIX = "Reference OCR token: "
+
+
+def load_eval_records(eval_set: EvalSet, seed: int = 0,
+                      max_samples: int | None = -1) -> list[dict]:
+    """The slim subset of an EvalSet (validated records, absolute image paths)."""
+    recs = list(read_instructions(DataSource(path=eval_set.path, image_root=eval_set.image_root)))
+    limit = eval_set.max_samples if max_samples == -1 else max_samples
+    return select_subset(recs, limit, seed)
+
+
+def gt_answer(rec: dict) -> str:
+    """The record's last assistant answer."""
+    return next((t["value"] for t in reversed(rec["conversations"]) if t["from"] == "gpt"), "")
+
+
+def reference(rec: dict, kind: str):
+    if kind == "vqa":
+        return list(rec.get("answers") or [gt_answer(rec)])
+    if kind in ("exact", "option"):
+        return str(rec.get("answer", gt_answer(rec)))
+    if kind == "grounding":
+        if "bbox" not in rec:
+            raise ValueError(f"grounding record {rec.get('id')!r} has no 'bbox'")
+        return [float(v) for v in rec["bbox"]]
+    if kind == "classification":
+        return str(rec.get("label", gt_answer(rec)))
+    raise ValueError(f"unknown eval kind {kind!r}; known: {', '.join(VL_KINDS)}")
+
+
+SCORERS: dict[str, Callable] = {
+    "vqa": lambda pred, ref: scoring.vqa_accuracy(pred, ref),
+    "exact": lambda pred, ref: scoring.exact_match(pred, ref),
+    "option": lambda pred, ref: scoring.option_letter_match(pred, ref),
+    "grounding": lambda pred, ref: float(scoring.grounding_correct(pred, ref)),
+    "classification": lambda pred, ref: scoring.classification_match(pred, ref),
+}
+
+
+def score(kind: str, prediction: str, ref) -> float:
+    try:
+        return float(SCORERS[kind](prediction, ref))
+    except KeyError:
+        raise ValueError(f"unknown eval kind {kind!r}; known: {', '.join(VL_KINDS)}") from None
+
+
+def add_ocr_tokens(question: str, tokens) -> str:
+    """Insert ``Reference OCR token: ...`` before a trailing "Answer ..." line, else append."""
+    toks = ", ".join(str(t) for t in (tokens or []))
+    lines = question.split("\n")
+    line = OCR_PREFIX + toks
+    if len(lines) > 1 and lines[-1].strip().lower().startswith("answer"):
+        return "\n".join(lines[:-1] + [line, lines[-1]])
+    return question + "\n" + line
+
+
+def use_ocr(eval_set: EvalSet, ocr_tokens: bool | None) -> bool:
+    return eval_set.name.lower().endswith("_ocr") if ocr_tokens is None else bool(ocr_tokens)
+
+
+def record_conversation(rec: dict, ocr: bool) -> list[dict]:
+    convs = [dict(t) for t in rec["conversations"]]
+    if ocr:
+        first = next(i for i, t in enumerate(convs) if t["from"] == "human")
+        convs[first]["value"] = add_ocr_tokens(convs[first]["value"], rec.get("ocr_tokens"))
+    return convs
+
+
+def judge_question(rec: dict) -> str:
+    """The question as CoIN's judge sees it: the first human message without the image
+    placeholder and without its last line (the answer-format instruction)."""
+    text = next(t["value"] for t in rec["conversations"] if t["from"] == "human")
+    text = text.replace("<image>", "").strip()
+    lines = text.split("\n")
+    return "\n".join(lines[:-1]).strip() if len(lines) > 1 else text
+
+
+def record_fingerprint(rec: dict) -> dict:
+    """What identifies a test record's content (image by file name, not by absolute path)."""
+    fp = {k: rec.get(k) for k in ("id", "conversations", "answers", "answer", "bbox", "label",
+                                  "labels", "ocr_tokens") if k in rec}
+    if rec.get("image"):
+        fp["image"] = Path(rec["image"]).name
+    return fp
+
+
+def build_requests(template, records: list[dict], eval_set: EvalSet, ocr: bool
+                   ) -> list[GenRequest]:
+    reqs = []
+    for rec in records:
+        prompt = template.prompt(record_conversation(rec, ocr))
+        reqs.append(GenRequest(prompt=prompt, image=rec.get("image"),
+                               max_new_tokens=eval_set.max_new_tokens))
+    return reqs
+
+
+def run_vl_set(engine, eval_set: EvalSet, *, template=None, seed: int = 0,
+               ocr_tokens: bool | None = None, max_samples: int | None = -1) -> SuiteResult:
+    """Generate and score one VL EvalSet; per-sample predictions keep what the judge needs."""
+    template = template or getattr(engine, "template", None)
+    if template is None:
+        raise ValueError("run_vl_set needs the model's conversation template")
+    if eval_set.kind not in VL_KINDS:
+        raise ValueError(f"EvalSet {eval_set.name!r}: kind {eval_set.kind!r} is not one of "
+                         f"{', '.join(VL_KINDS)}")
+    ocr = use_ocr(eval_set, ocr_tokens)
+    records = load_eval_records(eval_set, seed, max_samples)
+    reqs = build_requests(template, records, eval_set, ocr)
+    outs = engine.generate(reqs) if reqs else []
+    preds = []
+    for rec, req, out in zip(records, reqs, outs):
+        ref = reference(rec, eval_set.kind)
+        preds.append({"id": rec["id"], "prompt": req.prompt, "prediction": out,
+                      "reference": ref, "score": score(eval_set.kind, out, ref),
+                      "question": judge_question(rec), "answer": gt_answer(rec)})
+    n = len(preds)
+    acc = sum(p["score"] for p in preds) / n if n else math.nan
+    hashed = [eval_set.kind, ocr, [record_fingerprint(r) for r in records]]
+    return SuiteResult(dataset=eval_set.name, split="vl", metrics={"accuracy": acc}, n=n,
+                       eval_set_hash=content_hash(hashed),
+                       prompt_version=template.version + ("+ocr" if ocr else ""),
+                       decoding=engine.decoding(max_new_tokens=eval_set.max_new_tokens),
+                       predictions=preds)

@@ -1,0 +1,70 @@
+"""A tiny LLaVA world for trainer tests: coloured squares, two VL tasks, a 32-wide model.
+
+Used by test_strategies.py (spawned processes import it by name) and test_ray_train.py
+(tiny_world.py holds the other tests' fixtures).
+Everything is written under a caller-given directory.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "white": (250, 250, 250)}
+QUESTIONS = {"caption": "Describe the image.", "colour": "What colour is the image?",
+             "name": "Name the colour."}
+
+
+def make_world(root: str | Path, n: int = 32) -> Path:
+    """Images + LLaVA-format JSON for `caption`, `colour`, `name`, and a tokenizer; idempotent."""
+    from PIL import Image
+
+    from mllmcl_ray.models.tokenizers import train_bpe_tokenizer
+
+    root = Path(root)
+    if (root / "tok" / "tokenizer.json").exists():
+        return root
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    names = list(COLOURS)
+    for task, q in QUESTIONS.items():
+        recs = []
+        for i in range(n):
+            c = names[i % len(names)]
+            rel = f"images/{task}{i}.png"
+            Image.new("RGB", (32, 32), COLOURS[c]).save(root / rel)
+            recs.append({"id": f"{task}{i}", "image": rel, "conversations": [
+                {"from": "human", "value": "<image>\n" + q}, {"from": "gpt", "value": c}]})
+        (root / f"{task}.json").write_text(json.dumps(recs))
+    text = " ".join(QUESTIONS.values()) + " " + " ".join(names) + " Q: A:"
+    tok = train_bpe_tokenizer([text] * 20, vocab_size=300)
+    tok.save_pretrained(str(root / "tok"))
+    return root
+
+
+def tiny_config(root: str | Path, out: str | Path, *, tasks=("colour", "name"), align: bool = False,
+                parallel: str = "full_shard", num_workers: int = 2, max_steps: int | None = 6,
+                global_batch: int = 8, per_device: int = 2, lr: float = 3e-3, **trainer):
+    from mllmcl_ray.config import (DataSource, ModelSpec, RunConfig, StageConfig, StagesConfig,
+                                   TaskSpec, TrainerConfig)
+
+    root = Path(root)
+    spec = ModelSpec(name="tiny", tokenizer=str(root / "tok"), template="micro", max_seq_len=64,
+                     llm_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=2, vocab_size=304,
+                                     max_position_embeddings=128),
+                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2, image_size=32, patch_size=8))
+    stage = dict(lr=lr, global_batch_size=global_batch, per_device_batch_size=per_device,
+                 warmup_ratio=0.0, schedule="constant", max_steps=max_steps, epochs=2.0,
+                 parallel=parallel)
+    return RunConfig(
+        name="tiny", model=spec, output_dir=str(out),
+        stages=StagesConfig(align=StageConfig(**{**stage, "train": "projector",
+                                                 "parallel": "shard_grad_op"}),
+                            finetune=StageConfig(**stage)),
+        align=[DataSource(path=str(root / "caption.json"), image_root=str(root))] if align else [],
+        tasks=[TaskSpec(name=t, train=[DataSource(path=str(root / f"{t}.json"),
+                                                  image_root=str(root))]) for t in tasks],
+        trainer=TrainerConfig(num_workers=num_workers, cpus_per_worker=1.0, log_every=1,
+                              feature_cache=False, **trainer),
+        eval=None or __import__("mllmcl_ray.config", fromlist=["EvalConfig"]).EvalConfig(
+            nl=False, vl=False))
