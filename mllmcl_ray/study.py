@@ -55,10 +55,10 @@ class MicroPrep:
 
     def vl_task(self, name: str) -> dict:
         try:
-            return self.manifest["vl_tasks"][name]
+            return self.manifest["vl"][name]
         except KeyError:
             raise ConfigError(f"micro world has no VL task {name!r}; it has "
-                              f"{sorted(self.manifest['vl_tasks'])}") from None
+                              f"{sorted(self.manifest['vl'])}") from None
 
 
 def _world_path(world_dir: Path, rel: str) -> str:
@@ -80,7 +80,7 @@ def prepare_micro(out: Path, sizes: list[str] | tuple[str, ...] = ("micro-s",), 
     manifest = json.loads((world_dir / "manifest.json").read_text())
     key = f"{manifest.get('content_hash', 'nohash')[:12]}"
     tok_dir = cache / f"tokenizer-{key}"
-    vl_jsons = [Path(_world_path(world_dir, t["train"])) for t in manifest["vl_tasks"].values()]
+    vl_jsons = [Path(_world_path(world_dir, t["train"])) for t in manifest["vl"].values()]
     corpus = Path(_world_path(world_dir, manifest["corpus"]["train"]))
     if not (tok_dir / "tokenizer.json").exists():
         log(f"training the micro tokenizer → {tok_dir}")
@@ -91,12 +91,14 @@ def prepare_micro(out: Path, sizes: list[str] | tuple[str, ...] = ("micro-s",), 
     skill: dict[str, dict] = {}
     csize = P.CLIP_SIZES[clip_size]
     clip_dir = cache / f"clip-{clip_size}-{key}"
-    caption_json = Path(_world_path(world_dir, manifest["vl_tasks"]["caption"]["train"]))
+    caption_json = Path(_world_path(world_dir, manifest["vl"]["caption"]["train"]))
     if not (clip_dir / "config.json").exists():
         log(f"pretraining the micro CLIP ({clip_size}) → {clip_dir}")
-        info = P.pretrain_clip(tok, caption_json, csize, clip_dir, seed=seed, progress=progress)
+        images = Path(_world_path(world_dir, manifest["images_dir"]))
+        info = P.pretrain_clip(tok, caption_json, images, csize, clip_dir, seed=seed,
+                               progress=progress)
         info.update(P.clip_retrieval_accuracy(
-            clip_dir, Path(_world_path(world_dir, manifest["vl_tasks"]["caption"]["test"]))))
+            clip_dir, Path(_world_path(world_dir, manifest["vl"]["caption"]["test"])), images))
         (clip_dir / "skill.json").write_text(json.dumps(info, indent=1))
     skill["clip"] = json.loads((clip_dir / "skill.json").read_text())
     specs: dict[str, ModelSpec] = {}
@@ -120,7 +122,7 @@ def prepare_micro(out: Path, sizes: list[str] | tuple[str, ...] = ("micro-s",), 
 
 def nl_sets_from_manifest(world_dir: Path, manifest: dict, max_samples: int | None = None
                           ) -> list[EvalSet]:
-    return [EvalSet(name=name, path=_world_path(world_dir, d["path"]), kind=d["kind"],
+    return [EvalSet(name=name, path=_world_path(world_dir, d["path"]), kind=name,
                     max_samples=max_samples)
             for name, d in manifest["nl"].items()]
 
@@ -157,19 +159,22 @@ def micro_run_config(prep: MicroPrep, size: str, method: str = "naive", seed: in
                      workers: int = 0, study: str = "micro", max_train: int | None = None,
                      eval_samples: int | None = 200) -> RunConfig:
     w = prep.world_dir
+    images = _world_path(w, prep.manifest["images_dir"])
     task_specs = []
     for t in tasks:
         d = prep.vl_task(t)
         evals = [] if t == "instruct" else [EvalSet(
-            name=t, path=_world_path(w, d["test"]), kind=d["kind"], max_samples=eval_samples,
+            name=t, path=_world_path(w, d["test"]), image_root=images, kind=d["eval"],
+            max_samples=eval_samples,
             max_new_tokens=d.get("max_new_tokens", 16))]
-        task_specs.append(TaskSpec(name=t, train=[DataSource(path=_world_path(w, d["train"]))],
+        task_specs.append(TaskSpec(name=t, train=[DataSource(path=_world_path(w, d["train"]),
+                                                             image_root=images)],
                                    eval=evals))
     cap = prep.vl_task("caption")
     return RunConfig(
         name=f"{study}-{size}-{method.replace('+', '_')}-s{seed}", seed=seed, recipe=recipe,
         model=prep.specs[size], stages=micro_stages(),
-        align=[DataSource(path=_world_path(w, cap["train"]))], tasks=task_specs,
+        align=[DataSource(path=_world_path(w, cap["train"]), image_root=images)], tasks=task_specs,
         method=MethodConfig(name=method, params=dict(method_params or {})),
         trainer=TrainerConfig(num_workers=workers, log_every=10),
         output_dir=str(out), nl_sets=nl_sets_from_manifest(w, prep.manifest, eval_samples))
@@ -223,3 +228,232 @@ def validate_run_config(cfg: RunConfig, check_paths: bool = True) -> list[str]:
             notes.append(f"MISSING data files ({len(missing)}): " + ", ".join(missing[:5]) +
                          (" …" if len(missing) > 5 else ""))
     return notes
+
+
+# ---------------------------------------------------------------------------------------
+# running and evaluating
+# ---------------------------------------------------------------------------------------
+def results_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.output_dir) / "results"
+
+
+def run_meta(cfg: RunConfig, run_id: str, study: str, scale: float | None = None) -> dict:
+    from .methods.base import build_methods
+
+    return {"run_id": run_id, "study": study, "model": cfg.model.name,
+            "scale": float(scale if scale is not None else (cfg.model.scale or 0.0)),
+            "method": cfg.method.name,
+            "method_params": json.dumps(build_methods(cfg.method).params_dict(), sort_keys=True),
+            "seed": int(cfg.seed)}
+
+
+def seen_vl_tasks(cfg: RunConfig, step) -> list[tuple[int, str, list[EvalSet]]]:
+    """VL tasks evaluated after `step`: every task seen so far (all, for the LLaVA recipe)."""
+    if cfg.recipe == "llava":
+        return [(i + 2, t.name, t.eval) for i, t in enumerate(cfg.tasks) if t.eval]
+    return [(i + 2, t.name, t.eval) for i, t in enumerate(cfg.tasks)
+            if i + 2 <= step.task_index and t.eval]
+
+
+def make_evaluate(study: str = "run", progress: bool = True, log=print):
+    """The callback ContinualRun calls after every task (and for the base model)."""
+    from .eval.evaluator import Evaluator
+    from .methods.base import build_methods
+    from .models.build import build_mllm, llm_parameter_count
+    from .results import PredictionStore, ResultStore
+    from .train.task import load_step_model
+
+    state: dict = {}
+
+    def evaluate(cfg: RunConfig, step, checkpoint: str, run_id: str) -> None:
+        rdir = results_dir(cfg)
+        if "evaluator" not in state:
+            state["evaluator"] = Evaluator.from_config(cfg.eval, ResultStore(rdir),
+                                                       PredictionStore(rdir))
+        ev = state["evaluator"]
+        if step is None:
+            mllm = build_mllm(cfg.model)  # the base LLM (task 1): NL suite only
+            scale = cfg.model.scale or float(llm_parameter_count(mllm.model))
+            state["scale"] = scale
+            rows = ev.evaluate(mllm, run_meta=run_meta(cfg, run_id, study, scale),
+                               trained_task_index=1, trained_task="base", nl_sets=cfg.nl_sets,
+                               checkpoint_id=f"{cfg.model.name}:base")
+        else:
+            scale = state.get("scale") or cfg.model.scale
+            mllm = load_step_model(cfg, checkpoint, build_methods(cfg.method))
+            vl = seen_vl_tasks(cfg, step)
+            emt = [(i, n, [e for e in sets if e.kind == "classification"]) for i, n, sets in vl]
+            vl = [(i, n, [e for e in sets if e.kind != "classification"]) for i, n, sets in vl]
+            rows = ev.evaluate(mllm, run_meta=run_meta(cfg, run_id, study, scale),
+                               trained_task_index=step.task_index, trained_task=step.task_name,
+                               nl_sets=cfg.nl_sets, vl_tasks=[v for v in vl if v[2]],
+                               emt_tasks=[e for e in emt if e[2]], checkpoint_id=checkpoint)
+        if len(rows):
+            acc = rows[rows["metric"].isin(["accuracy", "emt_exact"])]
+            txt = ", ".join(f"{r.dataset}={r.value:.3f}" for r in acc.itertuples())
+            log(f"[{run_id}] eval after task {1 if step is None else step.task_index}: {txt}")
+
+    return evaluate
+
+
+def run_and_evaluate(cfg: RunConfig, progress: bool = True, study: str = "run", log=print,
+                     backend=None) -> str:
+    """Train the run's task sequence, evaluating after every task; returns the run id.
+
+    `trainer.num_workers` = 0 trains in this process; ≥ 1 runs every step as a Ray Train
+    `TorchTrainer` with that many workers."""
+    from .train.continual import ContinualRun, LocalBackend
+
+    if backend is None:
+        if cfg.trainer.num_workers >= 1:
+            from .train.ray_trainer import RayBackend
+
+            backend = RayBackend()
+        else:
+            backend = LocalBackend(progress=progress)
+    run = ContinualRun(cfg, backend=backend, evaluate=make_evaluate(study, progress, log), log=log)
+    run.run()
+    return run.run_id
+
+
+def micro_quickstart(out: Path, method: str = "naive", seed: int = 0, size: str = "micro-s",
+                     tasks: str = ",".join(SRIVASTAVA_TASKS), workers: int = 0,
+                     progress: bool = True, log=print) -> Path:
+    """`mllmcl micro`: world → base models → one continual run → report."""
+    import time
+
+    from .report import build_report
+
+    t0 = time.perf_counter()
+    prep = prepare_micro(out, sizes=[size], seed=0, progress=progress, log=log)
+    log(prep.skill_text())
+    cfg = micro_run_config(prep, size, method, seed, tasks=[t for t in tasks.split(",") if t],
+                           out=out, workers=workers, study="micro")
+    run_and_evaluate(cfg, progress=progress, study="micro", log=log)
+    report = build_report(results_dir(cfg), out / "report.html", title="mllmcl-ray micro run")
+    log(f"done in {time.perf_counter() - t0:.0f} s; results: {results_dir(cfg)}")
+    return report
+
+
+# ---------------------------------------------------------------------------------------
+# grids of runs
+# ---------------------------------------------------------------------------------------
+def expand_grid(space: dict[str, list]) -> list[dict]:
+    """All combinations of a {dotted key: [values]} grid, in a stable order."""
+    import itertools
+
+    keys = list(space)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(space[k] for k in keys))]
+
+
+def apply_overrides(base: RunConfig, overrides: dict) -> RunConfig:
+    data = to_dict(base)
+    for k, v in overrides.items():
+        set_dotted(data, k, v)
+    return from_dict(RunConfig, data)
+
+
+def run_study(base: RunConfig, space: dict[str, list], *, study: str, use_tune: bool = True,
+              max_concurrent: int = 2, progress: bool = True, log=print) -> list[str]:
+    """Run every combination of `space` over `base` (continual run + evaluation each).
+
+    With `use_tune` the combinations are Ray Tune trials (sweep.run_sweep: each trial a
+    driver function running its own continual run, `max_concurrent` at a time; restorable);
+    without, they run one after another in this process. Returns run ids."""
+    combos = expand_grid(space)
+    for c in combos:  # validate every combination before spending compute
+        apply_overrides(base, c)
+    if use_tune and len(combos) > 1:
+        from .sweep import SweepSpec, run_sweep
+
+        spec = SweepSpec(space={k: list(v) for k, v in space.items()},
+                         max_concurrent=max_concurrent)
+        df = run_sweep(base, spec, storage_path=str(Path(base.output_dir).resolve() / "tune"),
+                       name=study, study=study)
+        return [str(r) for r in df.get("run_id", [])]
+    ids = []
+    for i, c in enumerate(combos):
+        log(f"=== {study}: run {i + 1}/{len(combos)}: {c}")
+        ids.append(run_and_evaluate(apply_overrides(base, c), progress=progress, study=study,
+                                    log=log))
+    return ids
+
+
+# ---------------------------------------------------------------------------------------
+# the studies' shared command line
+# ---------------------------------------------------------------------------------------
+def study_arg_parser(doc: str, default_out: str):
+    """argparse for a study script: preset, config override, --set, output, dry run."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=["micro", "paper"], default=None,
+                    help="micro: the synthetic world on this machine (default without a GPU); "
+                         "paper: the papers' models and data (default with a GPU)")
+    ap.add_argument("--config", default=None,
+                    help="YAML mapping of RunConfig fields merged over the preset's base config")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one base-config value (repeatable), e.g. --set stages.finetune.lr=1e-4")
+    ap.add_argument("--out", default=default_out, help=f"output directory (default {default_out})")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="Ray Train workers per run (0: in-process loop; micro default 0, paper 8)")
+    ap.add_argument("--max-concurrent", type=int, default=2,
+                    help="runs (Ray Tune trials) at a time (default 2)")
+    ap.add_argument("--no-tune", action="store_true", help="run the grid sequentially, without Ray Tune")
+    ap.add_argument("--data-root", default=None, help="paper preset: data root (docs/data.md)")
+    ap.add_argument("--model-root", default=None,
+                    help="paper preset: directory of local model copies (default: hub ids)")
+    ap.add_argument("--eval-samples", type=int, default=None,
+                    help="samples per eval set (micro default 200, paper 1024)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="validate every run config (models and data named, batches reachable) and stop")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    return ap
+
+
+def default_preset() -> str:
+    try:
+        import torch
+
+        return "paper" if torch.cuda.is_available() else "micro"
+    except Exception:  # pragma: no cover
+        return "micro"
+
+
+def apply_cli_overrides(base: RunConfig, args) -> RunConfig:
+    data = to_dict(base)
+    if args.config:
+        from .config import _deep_update
+
+        _deep_update(data, load_yaml(args.config), "")
+    for s in args.set:
+        k, v = parse_override(s)
+        set_dotted(data, k, v)
+    if args.workers is not None:
+        data["trainer"]["num_workers"] = args.workers
+    return from_dict(RunConfig, data)
+
+
+def dry_run(base: RunConfig, space: dict[str, list], study: str, log=print) -> int:
+    """Validate every run of a study without training or downloading; returns the count."""
+    combos = expand_grid(space)
+    for i, c in enumerate(combos):
+        cfg = apply_overrides(base, c)
+        notes = validate_run_config(cfg)
+        log(f"[{study}] run {i + 1}/{len(combos)} {cfg.model.name} {cfg.method.name} seed "
+            f"{cfg.seed} recipe {cfg.recipe}: OK")
+        for n in notes:
+            log(f"    {n}")
+    log(f"[{study}] {len(combos)} run configs valid")
+    return len(combos)
+
+
+def finish_study(base: RunConfig, study: str, log=print) -> Path:
+    """Write the study's report from its Parquet results and print its path."""
+    from .report import build_report
+
+    out = Path(base.output_dir) / f"{study}-report.html"
+    path = build_report(results_dir(base), out, title=f"mllmcl-ray: {study}")
+    log(f"report: {path}")
+    return path

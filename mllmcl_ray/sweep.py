@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import types
@@ -38,6 +39,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .config import ConfigError, ModelSpec, RunConfig, from_dict, set_dotted, to_dict
+
+log = logging.getLogger(__name__)
 
 RunFn = Callable[..., Any]  # run_fn(cfg: RunConfig, progress: bool) -> run id (str) or metrics (dict)
 
@@ -370,12 +373,42 @@ def default_trial_resources(base_cfg: RunConfig) -> dict[str, float]:
 # running and restoring
 # ---------------------------------------------------------------------------------------
 def sweep_dataframe(result_grid) -> Any:
-    """`ResultGrid.get_dataframe()` without the bookkeeping columns (base config JSON,
-    trial resources)."""
+    """`ResultGrid.get_dataframe()` (one row per trial that reported), plus a row for every
+    trial that errored or never finished (`error` holds the error text, else None), and
+    without the bookkeeping columns (base config JSON, trial resources).
+
+    `df.attrs`: `experiment_path`, `num_trials` (trials created so far), `num_finished`,
+    `num_errors`, `num_unfinished`; `run_sweep` adds `num_expected` (grid × samples). Fewer
+    finished than expected (an interrupted fit, errors): continue with
+    `restore_sweep(df.attrs["experiment_path"], run_fn)`."""
+    import pandas as pd
+    from ray.tune.utils import flatten_dict
+
     df = result_grid.get_dataframe()
+    if "error" not in df.columns:
+        df["error"] = None
+    reported = set(df["trial_id"]) if "trial_id" in df.columns else set()
+    extra, n_err, n_unfinished = [], 0, 0
+    for r in result_grid:
+        if r.error is not None:
+            n_err += 1
+        if (r.metrics or {}).get("trial_id") in reported and r.error is None:
+            continue
+        if r.error is None:
+            n_unfinished += 1
+        row = {f"config/{k}": v for k, v in flatten_dict(dict(r.config or {}), delimiter="/").items()}
+        row.update({"logdir": Path(r.path).name if r.path else None,
+                    "error": None if r.error is None else str(r.error).strip().splitlines()[-1]})
+        extra.append(row)
+    if extra:
+        df = pd.concat([df, pd.DataFrame(extra)], ignore_index=True)
     drop = [c for c in df.columns if any(c == f"config/{k}" or c.startswith(f"config/{k}/")
                                          for k in RESERVED_KEYS)]
-    return df.drop(columns=drop)
+    df = df.drop(columns=drop)
+    df.attrs.update(experiment_path=getattr(result_grid, "experiment_path", None),
+                    num_trials=len(result_grid), num_errors=n_err, num_unfinished=n_unfinished,
+                    num_finished=len(result_grid) - n_err - n_unfinished)
+    return df
 
 
 def _absolute(cfg: RunConfig) -> RunConfig:
@@ -431,7 +464,13 @@ def run_sweep(base_cfg: RunConfig, spec: SweepSpec, storage_path: str | os.PathL
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         ),
     )
-    return sweep_dataframe(tuner.fit())
+    df = sweep_dataframe(tuner.fit())
+    df.attrs["num_expected"] = grid_size(spec)
+    if df.attrs["num_finished"] < df.attrs["num_expected"]:
+        log.warning("sweep %s: %d of %d trials finished (%d errored); continue with "
+                    "restore_sweep(%r, run_fn) or run_sweep(..., resume=True)", name,
+                    df.attrs["num_finished"], df.attrs["num_expected"], df.attrs["num_errors"], path)
+    return df
 
 
 def can_restore(path: str | os.PathLike) -> bool:

@@ -167,7 +167,7 @@ class Judge:
     def replies(self, prompts: Sequence[str], prompt_version: str) -> list[str]:
         """Judge replies for user messages `prompts` (cached; misses generated in one batch)."""
         keys = [self._key(p, prompt_version) for p in prompts]
-        got = self.cache.get_many(keys) if self.cache else {}
+        got = self.cache.get_many(keys) if self.cache is not None else {}
         miss = sorted({k: i for i, k in enumerate(keys) if k not in got}.values())
         if miss:
             eng = self.engine
@@ -177,7 +177,7 @@ class Judge:
             self.engine_calls += 1
             self.generated += len(miss)
             new = {keys[i]: o for i, o in zip(miss, outs)}
-            if self.cache:
+            if self.cache is not None:
                 self.cache.put_many([(k, self.judge_id, prompt_version, r) for k, r in new.items()])
             got.update(new)
         return [got[k] for k in keys]

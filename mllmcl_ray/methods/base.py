@@ -8,7 +8,9 @@ with a typed params dataclass; a config names one or several joined by "+", e.g.
 
 Hooks, in the order a task sees them:
 - ``prepare_model(mllm, ctx)``: at the task's start, after the previous task's weights are
-  loaded: freeze/unfreeze, wrap (peft), load adapters from ``ctx.prev_checkpoint``.
+  loaded: freeze/unfreeze, wrap (peft), load adapters from ``ctx.prev_checkpoint``. A
+  `MethodStack` first applies the LLaVA fine-tuning default (projector + LLM train), which
+  methods that decide what trains (linear, lora, moelora) then narrow.
 - ``train_data(datasets, ctx)``: the task's training datasets (rehearsal adds its buffer).
 - ``before_training(module, ctx)``: on the worker, with the model ready (LwF records the
   teacher's outputs here; EWC moves its anchors to the right device).
@@ -174,6 +176,12 @@ class MethodStack(ContinualMethod):
         self.plain_checkpoints = all(m.plain_checkpoints for m in methods)
 
     def prepare_model(self, mllm, ctx):
+        # The LLaVA fine-tuning default (projector + LLM train, tower frozen) comes first, so
+        # methods that only change the loss or the data (soft_targets, rehearsal, ewc, lwf)
+        # train like naive FT; methods that decide what trains (linear, lora, moelora) narrow it.
+        from ..models.build import set_trainable
+
+        set_trainable(mllm.model, "projector+llm")
         for m in self.methods:
             m.prepare_model(mllm, ctx)
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -41,8 +40,8 @@ TARGETS = ("all_linear", "attention_qkv")
 class LoRAParams:
     """Settings of LoRA (method.params.lora)."""
 
-    target: str = "all_linear"  # "all_linear" (every linear layer of the LLM blocks) or "attention_qkv"
-    rank: float = 0.5  # r; in (0, 1): that fraction of the LLM hidden size; >= 1: the rank (whole number)
+    target: str = "all_linear"  # "all_linear" (every linear layer of the LLM) or "attention_qkv"
+    rank: float = 0.5  # r; in (0, 1): that fraction of the LLM hidden size; >= 1: r itself (whole)
     alpha: float = 8.0  # α: LoRA scaling numerator (α/r, or α/√r with use_rslora)
     dropout: float = 0.05  # dropout on the adapter's input
     use_rslora: bool = True  # rank-stabilised LoRA: scaling α/√r instead of α/r
@@ -165,4 +164,3 @@ class LoRA(ContinualMethod):
     def finish_task(self, mllm, ctx: TaskContext) -> None:
         if is_peft(mllm.model):
             mllm.model = mllm.model.merge_and_unload()
-            set_trainable(mllm.model, "none")

@@ -113,8 +113,8 @@ def _layer_cls():
             return result.to(out_dtype)
 
         def merge(self, safe_merge: bool = False, adapter_names=None) -> None:
-            raise RuntimeError("MoELoRA's token gate makes its update input-dependent: it cannot be "
-                               "merged into the base weights (save base + adapter instead)")
+            raise RuntimeError("MoELoRA's token gate makes its update input-dependent: it "
+                               "cannot be merged into the base weights (save base + adapter)")
 
         def get_delta_weight(self, adapter) -> torch.Tensor:
             raise RuntimeError("MoELoRA has no input-independent delta weight")
@@ -185,7 +185,7 @@ class MoELoRAParams:
     """Settings of MoELoRA (method.params.moelora); defaults: CoIN (LLaVA's LoRA setting)."""
 
     num_experts: int = 8  # E experts of rank r/E each (CoIN Tab. 8: 1, 2, 4, 8; 1 = plain LoRA)
-    target: str = "all_linear"  # "all_linear" (every linear layer of the LLM blocks) or "attention_qkv"
+    target: str = "all_linear"  # "all_linear" (every linear layer of the LLM) or "attention_qkv"
     rank: float = 128  # total rank r; in (0, 1): that fraction of the LLM hidden size
     alpha: float = 256.0  # α: scaling α/r (α/√r with use_rslora)
     dropout: float = 0.05  # dropout on the experts' input (not the gate's)
@@ -256,10 +256,12 @@ def load_moelora_checkpoint(path: str | Path, spec=None) -> MLLM:
 
     path = Path(path)
     if not is_moelora_checkpoint(path):
-        raise FileNotFoundError(f"{path} is not a MoELoRA checkpoint (no {ADAPTER_DIR}/{CONFIG_FILE})")
+        raise FileNotFoundError(f"{path} is not a MoELoRA checkpoint "
+                                f"(no {ADAPTER_DIR}/{CONFIG_FILE})")
     meta = json.loads((path / ADAPTER_DIR / CONFIG_FILE).read_text())
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: unknown MoELoRA format {meta.get('format')!r}, expected {FORMAT}")
+        raise ValueError(f"{path}: unknown MoELoRA format {meta.get('format')!r}, "
+                         f"expected {FORMAT}")
     mllm = load_mllm(path, spec)
     model = get_peft_model(mllm.model, moelora_config_cls()(**meta["peft"]))
     weights = load_file(str(path / ADAPTER_DIR / ADAPTER_FILE))

@@ -145,6 +145,8 @@ def run_step(cfg: RunConfig, step: StepPlan, prev_checkpoint: str | None, out_di
     module = strategy.wrap(MLLMForTraining(mllm.model))
     if step.stage != "align":
         methods.before_training(module, ctx)
+    if (resume_state or {}).get("model_state") is not None:  # mid-task resume: its weights
+        strategy.load_model_state(module, resume_state["model_state"])
     lr = resolve_lr(stage, mllm, step.stage)
 
     def _mid(done, opt_state):

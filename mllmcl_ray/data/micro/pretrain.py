@@ -194,17 +194,9 @@ def clip_config(size: CLIPSize, vocab_size: int, pad_id: int, eos_id: int):
         projection_dim=size.hidden)
 
 
-def _caption_pairs(caption_json: Path) -> list[tuple[str, str]]:
+def _caption_pairs(caption_json: Path, image_root: Path) -> list[tuple[str, str]]:
     recs = json.loads(Path(caption_json).read_text())
-    root = Path(caption_json).parent
-    pairs = []
-    for r in recs:
-        img = Path(r["image"])
-        if not img.is_absolute():
-            cand = [root / img, root.parent / img, root.parent.parent / img]
-            img = next((c for c in cand if c.exists()), cand[0])
-        pairs.append((str(img), r["conversations"][-1]["value"]))
-    return pairs
+    return [(str(Path(image_root) / r["image"]), r["conversations"][-1]["value"]) for r in recs]
 
 
 def _clip_text(tok, captions: list[str], max_len: int = 32):
@@ -218,8 +210,8 @@ def _clip_text(tok, captions: list[str], max_len: int = 32):
     return ids, mask
 
 
-def pretrain_clip(tok, caption_json: Path, size: CLIPSize, out_dir: Path, seed: int = 0,
-                  progress: bool = True) -> dict:
+def pretrain_clip(tok, caption_json: Path, image_root: Path, size: CLIPSize, out_dir: Path,
+                  seed: int = 0, progress: bool = True) -> dict:
     """Contrastive CLIP training on image-caption pairs (`CLIPModel(return_loss=True)`)."""
     from transformers import CLIPModel, get_cosine_schedule_with_warmup
 
@@ -229,7 +221,7 @@ def pretrain_clip(tok, caption_json: Path, size: CLIPSize, out_dir: Path, seed: 
     set_threads()
     torch.manual_seed(seed)
     tok = _right_padded(tok)
-    pairs = _caption_pairs(caption_json)
+    pairs = _caption_pairs(caption_json, image_root)
     proc = make_image_processor(size.image_size)
     pix = torch.cat([pixel_values(proc, [p for p, _ in pairs[i:i + 256]])
                      for i in range(0, len(pairs), 256)])
@@ -249,7 +241,7 @@ def pretrain_clip(tok, caption_json: Path, size: CLIPSize, out_dir: Path, seed: 
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(out.loss))
+        losses.append(float(out.loss.detach()))
     model.eval()
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
@@ -269,7 +261,8 @@ def _right_padded(tok):
 
 
 @torch.no_grad()
-def clip_retrieval_accuracy(clip_dir: Path, caption_json: Path, n: int = 200) -> dict:
+def clip_retrieval_accuracy(clip_dir: Path, caption_json: Path, image_root: Path,
+                            n: int = 200) -> dict:
     """Image→text top-1 retrieval among `n` test captions; a hit is the right caption
     text (several images can share a caption). Chance = mean share of the true caption."""
     from transformers import AutoTokenizer, CLIPModel
@@ -279,7 +272,7 @@ def clip_retrieval_accuracy(clip_dir: Path, caption_json: Path, n: int = 200) ->
 
     model = CLIPModel.from_pretrained(str(clip_dir)).eval()
     tok = _right_padded(AutoTokenizer.from_pretrained(str(clip_dir)))
-    pairs = _caption_pairs(caption_json)[:n]
+    pairs = _caption_pairs(caption_json, image_root)[:n]
     proc = make_image_processor(model.config.vision_config.image_size)
     pix = pixel_values(proc, [p for p, _ in pairs])
     caps = [c for _, c in pairs]

@@ -103,7 +103,8 @@ def sample_shape_image(rnd: Rand, size: int, shape: str) -> dict:
            "angle": round(rnd.uniform(-15.0, 15.0), 1) if shape != "circle" else 0.0}
     return {"kind": "shape", "size": size, "background": c0, "background2": c1,
             "gradient_angle": round(rnd.uniform(0.0, 360.0), 1),
-            "noise_sigma": 6.0, "noise_seed": rnd.integers(0, 2**31 - 1), "objects": [obj]}
+            "noise_sigma": 6.0, "noise_offset": [rnd.integers(0, _NOISE_BANK), rnd.integers(0, _NOISE_BANK)],
+            "objects": [obj]}
 
 
 def sample_ocr_image(rnd: Rand, size: int, word: str) -> dict:
@@ -180,6 +181,16 @@ def shape_mask(obj: dict, size: int) -> np.ndarray:
     return mask
 
 
+_NOISE_BANK = 256  # noise crops start anywhere in a fixed (256 + S)^2 bank of N(0, 1) pixels
+
+
+@functools.lru_cache(maxsize=4)
+def _noise_bank(size: int) -> np.ndarray:
+    """A fixed texture of standard normal noise (constant seed: part of the renderer)."""
+    n = _NOISE_BANK + size
+    return np.random.default_rng(20261122).standard_normal((n, n, 3))
+
+
 @functools.lru_cache(maxsize=8)
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float64) / max(size - 1, 1)
@@ -248,8 +259,9 @@ def render(scene: dict) -> tuple[np.ndarray, list[np.ndarray]]:
         img[y0:y1, x0:x1] = region * (1 - a) + np.asarray(obj["rgb"], np.float64) * a
         masks.append(m)
     if scene.get("noise_sigma"):
-        noise = np.random.default_rng(scene["noise_seed"]).normal(0.0, scene["noise_sigma"], img.shape)
-        img = np.clip(img + noise, 0, 255)
+        ox, oy = scene["noise_offset"]
+        noise = _noise_bank(S)[oy:oy + S, ox:ox + S]
+        img = np.clip(img + scene["noise_sigma"] * noise, 0, 255)
     return np.rint(img).astype(np.uint8), masks  # a convex mix of 0..255 values: no clip needed
 
 

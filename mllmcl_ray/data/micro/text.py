@@ -1,20 +1,21 @@
 """Text side of the micro world: the pretraining corpus and the NL eval suite.
 
-All generation goes through :class:`TextGen`, which draws from one
-``numpy.random.Generator``; the same generator state gives the same text.
+All generation goes through :class:`TextGen`, which draws from one :class:`.rand.Rand`
+(a ``numpy.random.default_rng`` stream); the same stream gives the same text.
 
 Document kinds in the corpus (fractions of training docs):
 
 - ``story`` (0.50): two characters, two coloured objects, an ownership / place / position /
-  count set-up, 2-5 filler sentences, sometimes a Winograd-style "because" sentence or a
+  count set-up, 3-7 filler sentences, sometimes a Winograd-style "because" sentence or a
   knowledge-base fact, and a last sentence whose last word copies an entity from earlier
   in the passage. This is the skill the Lambada-like eval measures.
 - ``quiz`` (0.15): a short story followed by a question in the ARC prompt format
   (``Question: {story} {question}\nAnswer: {answer}``); the answer needs tracking the story
-  (who has the object now, where it was moved, ...).
-- ``facts`` (0.20): several knowledge-base statements, then 1-3 ``Question/Answer`` pairs about
+  (who has the object now, where it was first / is now, ...), the same generator as the
+  ``arc_challenge`` eval (held-out instances).
+- ``facts`` (0.20): 4-8 knowledge-base statements, then 1-3 ``Question/Answer`` pairs about
   facts (half of them not stated in the same document, so they must be remembered).
-- ``schema`` (0.15): several Winograd-style sentences ("Anna ran faster than Tom, so Anna won
+- ``schema`` (0.15): 4-7 Winograd-style sentences ("Anna ran faster than Tom, so Anna won
   the race.") with the referent spelled out (or, 40 %, as a pronoun).
 """
 
@@ -140,7 +141,8 @@ class TextGen:
         return f"{self.pick((A, B))} said that {_decap(statement)}"
 
     def schema_sentence(self, name: str, X: str | None = None, Y: str | None = None,
-                        alt: int | None = None, pronoun_p: float = 0.4, avoid_objects=()) -> str:
+                        alt: int | None = None, pronoun_p: float = 0.4, avoid_objects=(),
+                        avoid_colors=(), avoid_places=()) -> str:
         """A schema sentence with the referent resolved (name / object, or a pronoun)."""
         _, kind, prefix, alts = _SCHEMA_BY_NAME[name]
         alt = self.rnd.integers(len(alts)) if alt is None else alt
@@ -154,7 +156,10 @@ class TextGen:
         else:
             X, Y = self.pick_k(V.OBJECTS, 2, exclude=avoid_objects)
             ref = "it" if self.coin(pronoun_p) else f"the {X if role == 'X' else Y}"
-        head = prefix.format(X=X, Y=Y, c=self.pick(V.COLORS), o=self.pick(V.TOYS), p=self.pick(V.PLACES))
+        c = self.pick([c for c in V.COLORS if c not in avoid_colors])
+        o = self.pick([o for o in V.TOYS if o not in avoid_objects])
+        p = self.pick([p for p in V.PLACES if p not in avoid_places])
+        head = prefix.format(X=X, Y=Y, c=c, o=o, p=p)
         return f"{head} {ref} {suffix}."
 
     # -- stories -----------------------------------------------------------------------
@@ -223,12 +228,13 @@ class TextGen:
             middle.append(self.fact_mention(A, B))
         if extras and self.coin(0.3):
             other = self.pick([s for s in SCHEMAS if s[0] != "give"])[0]
-            middle.append(self.schema_sentence(other, X=A, Y=B, avoid_objects=(o1, o2)))
+            middle.append(self.schema_sentence(other, X=A, Y=B, avoid_objects=(o1, o2),
+                                               avoid_colors=(c1, c2), avoid_places=(p0, p1, p2)))
         # interleave: opening, body[0], (mix of body[1:] and middle in random order, body order kept)
         rest = body[1:]
         slots = [("b", s) for s in rest] + [("m", s) for s in middle]
         order = self.rnd.permutation(len(slots))
-        mixed = [slots[int(i)] for i in order]
+        mixed = [slots[i] for i in order]
         # keep body sentences in their original order
         bi = iter(rest)
         seq = [next(bi) if k == "b" else s for k, s in mixed]
@@ -245,24 +251,35 @@ class TextGen:
         p0, p1, p2 = self.pick_k(V.PLACES, 3)
         avoid = dict(avoid_colors=(c1, c2), avoid_places=(p0, p1, p2))
         sents = [self.pick(OPENINGS).format(A=A, B=B, p=p0)]
+        # Variants keep "pick the entity mentioned first / last in the story" near 50 %
+        # among the story's candidates; questions never name the object next to its answer.
         if kind in ("who_has", "who_gave", "what_color"):
-            sents += [f"{A} had {V.a(c1)} {o1} and {V.a(c2)} {o2}.", self.filler(A, B, **avoid),
-                      f"{A} gave the {c1} {o1} to {B}."]
+            give = (f"{A} gave the {c1} {o1} to {B}." if self.coin(0.5)
+                    else f"{B} got the {c1} {o1} from {A}.")
+            sents += [f"{A} had {V.a(c1)} {o1} and {V.a(c2)} {o2}.", self.filler(A, B, **avoid), give]
             if kind == "who_has":
                 q, a, strong = f"Who has the {c1} {o1} now?", B, [A]
             elif kind == "who_gave":
-                q, a, strong = f"Who gave the {c1} {o1} to {B}?", A, [B]
+                q, a, strong = f"Who gave away the {c1} {o1}?", A, [B]
+            elif self.coin(0.5):
+                q, a, strong = f"What color is the thing that {B} has now?", c1, [c2]
             else:
-                q, a, strong = f"What color is the {o1} that {B} has now?", c1, [c2]
+                q, a, strong = f"What color is the thing that {A} still has?", c2, [c1]
         elif kind == "where_now":
             sents += [f"{A} put the {c1} {o1} in the {p1}.", self.filler(A, B, **avoid),
                       f"Later, {B} moved the {c1} {o1} to the {p2}."]
-            q, a, strong = f"Where is the {c1} {o1} now?", p2, [p1, p0]
+            if self.coin(0.5):
+                q, a, strong = f"Where is the {c1} {o1} now?", p2, [p1, p0]
+            else:
+                q, a, strong = f"Where was the {c1} {o1} at first?", p1, [p2, p0]
         elif kind == "how_many":
             n1, n2 = self.pick_k(V.NUMBERS[2:10], 2)
             sents += [f"{A} had {n1} {c1} {V.plural(o1)}.", self.filler(A, B, avoid_numbers=(n1, n2), **avoid),
                       f"{B} had {n2} {c2} {V.plural(o2)}."]
-            q, a, strong = f"How many {V.plural(o1)} did {A} have?", n1, [n2]
+            if self.coin(0.5):
+                q, a, strong = f"How many things did {A} have?", n1, [n2]
+            else:
+                q, a, strong = f"How many things did {B} have?", n2, [n1]
         elif kind == "tallest":
             C = self.pick([n for n in V.NAMES if n not in (A, B)])
             sents = [f"{A} was taller than {B}.", self.filler(A, B, **avoid), f"{B} was taller than {C}."]
@@ -311,11 +328,19 @@ class TextGen:
         return kind, self.schema_doc()
 
     # -- eval items ---------------------------------------------------------------------
-    def mc_choices(self, answer: str, pool, strong=(), k: int = 4, exclude=()) -> tuple[list[str], int]:
-        """`k` choices: the answer, the `strong` distractors first, the rest from `pool`."""
+    def mc_choices(self, answer: str, pool, strong=(), k: int = 4, exclude=(),
+                   weights: dict[str, float] | None = None) -> tuple[list[str], int]:
+        """`k` choices: the answer, the `strong` distractors first, the rest from `pool`
+        (uniformly, or without replacement in proportion to `weights`)."""
         chosen = [answer] + [s for s in dict.fromkeys(strong) if s != answer][: k - 1]
         rest = [w for w in pool if w not in chosen and w not in exclude]
-        chosen += self.pick_k(rest, k - len(chosen))
+        while len(chosen) < k:
+            if weights is None:
+                w = self.pick(rest)
+            else:
+                w = self.rnd.choose(rest, [weights.get(x, 0.0) for x in rest])
+            chosen.append(w)
+            rest.remove(w)
         order = self.rnd.permutation(k)
         choices = [chosen[i] for i in order]
         return choices, choices.index(answer)

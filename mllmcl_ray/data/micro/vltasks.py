@@ -173,10 +173,11 @@ def _vqa_qa(rnd: Rand, scene: dict, kind: str) -> tuple[str, str, str]:
 
 
 def vqa_answers(rnd: Rand, answer: str, n: int = 10) -> list[str]:
+    """VQAv2-style references: `answer` first and in the majority; sometimes 1-3 synonyms."""
     answers = [answer] * n
     syn = SYNONYMS.get(answer)
     if syn is not None and rnd.coin(0.3):
-        for i in rnd.pick_k(range(n), rnd.integers(1, 4)):
+        for i in rnd.pick_k(range(1, n), rnd.integers(1, 4)):
             answers[i] = syn
     return answers
 

@@ -20,7 +20,8 @@ Layout (paths relative to ``out_dir``)::
     vl/<task>/train.json          LLaVA conversation JSON arrays
     vl/<task>/test.json           ... plus the fields the scorer needs
     vl/scenes.jsonl               {"image", "kind", ...} how every image was drawn (re-renderable)
-    images/<task>/<split>/NNNNNN.png
+    images/scenes/<split>/NNNNNN.png   shape scenes shared by caption / instruct / vqa / grounding
+    images/{ocr,shapes,digits}/<split>/NNNNNN.png
 
 **Text corpus** (Task 1; see :mod:`.text`). Template documents over a shared vocabulary
 (24 names, 10 colours, 18 objects of which 6 are shape nouns, 12 places, 5 positions,
@@ -28,8 +29,8 @@ numbers): 50 % stories whose last word copies an entity from earlier in the pass
 (the Lambada skill: "... Anna gave the red ball to Tom. ... Later, Tom played with the red
 ball"), 15 % story quizzes in the ARC prompt format, 20 % knowledge-base documents
 (80 common-sense facts + 72 seeded facts about the characters, with Question/Answer
-pairs), 15 % Winograd-style "because/so" sentences. ``micro``: 40,000 docs, ~2.7M
-word/punctuation tokens (every word is frequent, so a ~1k BPE keeps one token per word).
+pairs), 15 % Winograd-style "because/so" sentences. ``micro``: 40,000 docs, ~2.8M
+word/punctuation tokens over 400 distinct ones (a ~1k BPE keeps one token per word).
 The VL answers use the same colour, shape, number and position words, so VL fine-tuning
 shifts probability mass onto words the NL evals need.
 
@@ -38,13 +39,15 @@ out: separate random streams, Lambada contexts never occur in the corpus):
 
 - ``lambada`` (nlg): a held-out story; ``context`` ends before the last word ``target``.
   Accuracy = the greedy continuation's first word equals ``target``.
-- ``arc_easy`` (nlu): a knowledge-base question, 4 choices (same-category distractors),
+- ``arc_easy`` (nlu): a knowledge-base question, 4 choices (same-category distractors,
+  drawn as often as answers are, so a word-frequency prior scores ~0.32, chance 0.25),
   ``label`` = index of the answer. Prompt ``"Question: {question}\\nAnswer:"``, choices
   scored as ``" {choice}"`` (lm-eval ARC). Items cycle over the 152 facts (several items
   per fact with other distractors / order), so the effective sample is the number of facts.
 - ``arc_challenge`` (nlu): ``question`` = a short story + a question that needs tracking it
-  (who has the object now, where it was moved, which colour, how many, who is tallest);
-  distractors include the story's other entity.
+  (who has the object now, where it was first / is now, which colour is the thing X has,
+  how many things Y had, who is tallest / shortest); distractors include the story's other
+  entity, and "pick the entity mentioned last" scores ~0.5.
 - ``winogrande`` (nlu): lm-eval partial evaluation: context = ``sentence`` up to ``_`` with
   the option substituted, continuation = the rest; schemas give / race / tall / wait / fit.
 - ``wsc`` (nlu, two-choice form): ``text`` with a pronoun; ``options`` (two candidates),
@@ -84,16 +87,25 @@ shapes      classification EMT CIFAR stand-in: one of 6 shapes, any colour / siz
                            slightly rotated, on a noisy gradient; same prompt, 6 labels
 =========== ============== ============================================================
 
-Classification test records carry ``label`` and ``labels``. Train and test come from
-different random streams and share no image (scene) and, for digits, no index.
+Classification test records carry ``label`` and ``labels``. As LLaVA's tasks share COCO
+images, caption / instruct / vqa / grounding share one pool of scene images per split
+(caption uses every train image, the others a seeded subset; all four test sets use the
+same test images with different questions). Train and test come from different random
+streams and share no image (no scene) and, for digits, no ``load_digits`` index.
 
 **Sizes** (:data:`WORLD_SIZES`):
 
-- ``tiny`` (unit tests, ~0.5 s): 400 + 40 corpus docs, 50 items per NL set, 32 train /
-  16 test records per VL task.
-- ``micro`` (default study, ~15 s on 2 CPU cores): 40,000 + 800 corpus docs, 500 items per
-  NL set, 3,000 train records per VL task (caption 6,000; digits every image not in
-  test: 1,547), 250 test records per VL task; ~26k PNGs, ~60 MB on disk.
+- ``tiny`` (unit tests): 400 + 40 corpus docs, 50 items per NL set, 32 train / 16 test
+  records per VL task (digits: 32 / 16, every class present); 215 files. ~0.2 s
+  (up to ~1 s on a saturated machine).
+- ``micro`` (default study): 40,000 + 800 corpus docs (2.3M words, ~2.8M word and
+  punctuation tokens, 400 distinct), 500 items per NL set, 3,000 train records per VL
+  task (caption 6,000 = the whole scene pool; digits every image not in test: 1,547),
+  250 test records per VL task; 14,570 files, ~81 MB. ~7 s of CPU (single process):
+  ~8-13 s wall on a 2-core machine, 35-60 s when other jobs saturate it.
+
+A custom size is ``dataclasses.replace(WORLD_SIZES["micro"], image_size=64, ...)``
+(``image_size`` >= 32; OCR text is scaled by ``image_size // 32``).
 """
 
 from __future__ import annotations
@@ -103,6 +115,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +127,7 @@ from . import vocab as V
 from .rand import Rand
 from .text import QUIZ_POOL, WINO_SCHEMAS, WSC_SCHEMAS, TextGen
 
-WORLD_VERSION = "1"
+WORLD_VERSION = "1"  # bump whenever the generator's output changes
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "mllmcl-micro-world"
 _MANAGED = ("corpus", "nl", "vl", "images", MANIFEST_NAME, MANIFEST_NAME + ".tmp")  # regeneration deletes these
@@ -228,6 +241,7 @@ class VLTask:
     labels: list[str] | None = None
     analogue: str = ""
     description: str = ""
+    max_new_tokens: int = 16     # generation budget that fits every reference answer
 
 
 @dataclass
@@ -272,6 +286,7 @@ class WorldManifest:
                        "prompt": d.prompt, "scoring": d.scoring} for k, d in self.nl.items()},
             "vl": {k: {"train": self._rel(t.train), "test": self._rel(t.test), "eval": t.eval,
                        "n_train": t.n_train, "n_test": t.n_test, "labels": t.labels,
+                       "max_new_tokens": t.max_new_tokens,
                        "analogue": t.analogue, "description": t.description}
                    for k, t in self.vl.items()},
             "images_dir": self._rel(self.images_dir),
@@ -297,7 +312,8 @@ class WorldManifest:
                 for k, v in d["nl"].items()},
             vl={k: VLTask(name=k, train=root / v["train"], test=root / v["test"], eval=v["eval"],
                           n_train=v["n_train"], n_test=v["n_test"], labels=v["labels"],
-                          analogue=v.get("analogue", ""), description=v.get("description", ""))
+                          analogue=v.get("analogue", ""), description=v.get("description", ""),
+                          max_new_tokens=v.get("max_new_tokens", 16))
                 for k, v in d["vl"].items()},
             images_dir=root / d["images_dir"], scenes=root / d["scenes"], vocab=d["vocab"],
             n_files=d["n_files"], content_hash=d["content_hash"], format=d["format"],
@@ -440,11 +456,17 @@ def _nl_suite(w: _Writer, seed: int, size: WorldSize, kb, corpus_texts: set[str]
     rnd = Rand.named(seed, "nl", "arc_easy")
     gen = TextGen(rnd, kb)
     order = rnd.permutation(len(kb))
+    # distractors are drawn like answers are (in proportion to how many facts of the
+    # category have them as answer, +0.5), so a word-frequency prior stays near chance
+    weights: dict[str, dict[str, float]] = {}
+    for _, _, a, cat in kb:
+        wc = weights.setdefault(cat, {w: 0.5 for w in V.CATEGORY_WORDS[cat]})
+        wc[a] = wc.get(a, 0.5) + 1.0
     items = []
     for i in range(n):
         _, q, a, cat = kb[order[i % len(kb)]]
         qwords = set(q.rstrip("?").lower().split())
-        choices, label = gen.mc_choices(a, V.CATEGORY_WORDS[cat], exclude=qwords)
+        choices, label = gen.mc_choices(a, V.CATEGORY_WORDS[cat], exclude=qwords, weights=weights[cat])
         items.append({"id": f"arc_easy-{i:05d}", "question": q, "choices": choices, "label": label,
                       "answer": a, "category": cat})
     counts["arc_easy"] = w.write_jsonl("nl/arc_easy.jsonl", items)
@@ -665,8 +687,20 @@ def _vl_tasks(w: _Writer, seed: int, size: WorldSize) -> dict[str, dict[str, int
         else:
             recs = _digits_task(vw, size.digits_train, size.vl_test)
         counts[task] = {split: w.write_json_array(f"vl/{task}/{split}.json", r) for split, r in recs.items()}
+        counts[task]["max_new_tokens"] = _max_new_tokens(recs)
     w.write_jsonl("vl/scenes.jsonl", vw.scenes)
     return counts
+
+
+_PIECES = re.compile(r"[A-Za-z]+|\d|[^\w\s]")
+
+
+def _max_new_tokens(recs: dict[str, list[dict]]) -> int:
+    """2 x the most word / digit / punctuation pieces in any answer + 2 (end of text), at
+    least 8: a generous budget for any sub-word tokenizer trained on the world."""
+    most = max(len(_PIECES.findall(c["value"])) for rs in recs.values() for r in rs
+               for c in r["conversations"] if c["from"] == "gpt")
+    return max(8, 2 * most + 2)
 
 
 def _vocab() -> dict[str, list[str]]:
@@ -694,7 +728,8 @@ def _generate(root: Path, seed: int, size: WorldSize) -> WorldManifest:
             for k in NL_DATASETS},
         vl={k: VLTask(name=k, train=root.resolve() / f"vl/{k}/train.json",
                       test=root.resolve() / f"vl/{k}/test.json", n_train=vl_counts[k]["train"],
-                      n_test=vl_counts[k]["test"], labels=labels.get(k), **VL_TASK_INFO[k])
+                      n_test=vl_counts[k]["test"], labels=labels.get(k),
+                      max_new_tokens=vl_counts[k]["max_new_tokens"], **VL_TASK_INFO[k])
             for k in VL_TASKS},
         images_dir=root.resolve() / "images", scenes=root.resolve() / "vl/scenes.jsonl",
         vocab=_vocab(), n_files=len(w.digests), content_hash=_combine(w.digests),

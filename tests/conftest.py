@@ -1,0 +1,23 @@
+"""Shared fixtures. `ray_local`: one local Ray (2 CPUs, no dashboard) per test session."""
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory):
+    """Start Ray once for every Ray test (each start costs seconds); workers inherit the
+    environment set here (HF_HOME in a temp dir)."""
+    import ray
+
+    tmp = tmp_path_factory.mktemp("ray-session")
+    os.environ.setdefault("HF_HOME", str(tmp / "hf"))
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Not TUNE_RESULT_DIR / RAY_AIR_LOCAL_CACHE_DIR: Ray 2.60's Tuner.fit raises
+    # DeprecationWarning when either is set. Tests pass storage_path explicitly instead.
+    for var in ("TUNE_RESULT_DIR", "RAY_AIR_LOCAL_CACHE_DIR"):
+        os.environ.pop(var, None)
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    yield ray
+    ray.shutdown()
