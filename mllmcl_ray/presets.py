@@ -41,6 +41,7 @@ PYTHIA_SCALES = ("pythia-160m", "pythia-410m", "pythia-1b", "pythia-1.4b", "pyth
 PAPER_TASKS: dict[str, dict] = {
     "instruct": {"train": ["instruct.json"], "eval": []},
     "vqa": {"train": ["vqa.json"], "eval": [("vqav2", "vqa"), ("gqa", "exact")]},
+    # TextVQA "OCR" and "Pure": the same records with and without OCR tokens in the prompt
     "ocr": {"train": ["ocr.json"], "eval": [("textvqa_ocr", "exact"), ("textvqa_pure", "exact")]},
     "ref": {"train": ["ref.json"], "eval": [("refcoco", "grounding")]},
 }
@@ -87,8 +88,10 @@ def paper_run_config(model: str, method: str, seed: int, data_root: str | Path, 
         task_specs.append(TaskSpec(
             name=t, train=[DataSource(path=str(root / "continual" / f), image_root=images)
                            for f in d["train"]],
-            eval=[EvalSet(name=n, path=str(root / "eval" / f"{n}_slim.json"), image_root=images,
-                          kind=k, max_samples=1024) for n, k in d["eval"]]))
+            eval=[EvalSet(name=n, path=str(root / "eval" / f"{n.split('_')[0]}_slim.json"),
+                          image_root=images, kind=k, max_samples=1024,
+                          ocr_tokens=n.endswith("_ocr") if n.startswith("textvqa") else None)
+                  for n, k in d["eval"]]))
     return RunConfig(
         name=f"{study}-{model}-{method.replace('+', '_')}-s{seed}", seed=seed, recipe=recipe,
         model=spec, stages=paper_stages(spec.scale or 1e9, workers),

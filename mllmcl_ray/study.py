@@ -248,8 +248,9 @@ def run_meta(cfg: RunConfig, run_id: str, study: str, scale: float | None = None
 
 
 def seen_vl_tasks(cfg: RunConfig, step) -> list[tuple[int, str, list[EvalSet]]]:
-    """VL tasks evaluated after `step`: every task seen so far (all, for the LLaVA recipe)."""
-    if cfg.recipe == "llava":
+    """VL tasks evaluated after `step`: every task seen so far (all, for the LLaVA recipe
+    and after alignment: the zero-shot evaluation, `eval.zero_shot`)."""
+    if cfg.recipe == "llava" or step.stage == "align":
         return [(i + 2, t.name, t.eval) for i, t in enumerate(cfg.tasks) if t.eval]
     return [(i + 2, t.name, t.eval) for i, t in enumerate(cfg.tasks)
             if i + 2 <= step.task_index and t.eval]
@@ -284,14 +285,19 @@ def make_evaluate(study: str = "run", progress: bool = True, log=print):
             vl = seen_vl_tasks(cfg, step)
             emt = [(i, n, [e for e in sets if e.kind == "classification"]) for i, n, sets in vl]
             vl = [(i, n, [e for e in sets if e.kind != "classification"]) for i, n, sets in vl]
+            # after alignment (eval.zero_shot): no VL task trained yet, so rows go to task 1
+            zero = step.stage == "align"
             rows = ev.evaluate(mllm, run_meta=run_meta(cfg, run_id, study, scale),
-                               trained_task_index=step.task_index, trained_task=step.task_name,
-                               nl_sets=cfg.nl_sets, vl_tasks=[v for v in vl if v[2]],
+                               trained_task_index=1 if zero else step.task_index,
+                               trained_task="zero_shot" if zero else step.task_name,
+                               nl_sets=[] if zero else cfg.nl_sets,
+                               vl_tasks=[v for v in vl if v[2]],
                                emt_tasks=[e for e in emt if e[2]], checkpoint_id=checkpoint)
         if len(rows):
             acc = rows[rows["metric"].isin(["accuracy", "emt_exact"])]
             txt = ", ".join(f"{r.dataset}={r.value:.3f}" for r in acc.itertuples())
-            log(f"[{run_id}] eval after task {1 if step is None else step.task_index}: {txt}")
+            k = 1 if step is None or step.stage == "align" else step.task_index
+            log(f"[{run_id}] eval after task {k}: {txt}")
 
     return evaluate
 
@@ -368,9 +374,18 @@ def run_study(base: RunConfig, space: dict[str, list], *, study: str, use_tune: 
 
         spec = SweepSpec(space={k: list(v) for k, v in space.items()},
                          max_concurrent=max_concurrent)
-        df = run_sweep(base, spec, storage_path=str(Path(base.output_dir).resolve() / "tune"),
-                       name=study, study=study)
-        return [str(r) for r in df.get("run_id", [])]
+        from .config import config_hash
+        from .sweep import can_restore
+
+        # one Tune experiment per (base config, grid): rerunning the same study restores it
+        # (only unfinished trials run again); a changed grid starts a new experiment, and
+        # finished runs are still skipped because run ids hash their configs.
+        storage = str(Path(base.output_dir).resolve() / "tune")
+        name = f"{study}-{config_hash({'base': to_dict(base), 'space': space})}"
+        df = run_sweep(base, spec, storage_path=storage, name=name, study=study,
+                       resume=can_restore(str(Path(storage) / name)))
+        ids = df["run_id"].dropna().astype(str).tolist() if "run_id" in df else []
+        return ids
     ids = []
     for i, c in enumerate(combos):
         log(f"=== {study}: run {i + 1}/{len(combos)}: {c}")

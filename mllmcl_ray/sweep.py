@@ -42,12 +42,13 @@ from .config import ConfigError, ModelSpec, RunConfig, from_dict, set_dotted, to
 
 log = logging.getLogger(__name__)
 
-RunFn = Callable[..., Any]  # run_fn(cfg: RunConfig, progress: bool) -> run id (str) or metrics (dict)
+RunFn = Callable[..., Any]  # run_fn(cfg, progress=bool, **run_kwargs) -> run id (str) or metrics (dict)
 
 RANDOM_KINDS = ("uniform", "loguniform", "choice", "randint")
 BASE_KEY = "base_config"  # param-space entry holding the base RunConfig as JSON
 RESOURCES_KEY = "trial_resources"  # param-space entry holding the trial driver's resources
-RESERVED_KEYS = (BASE_KEY, RESOURCES_KEY)
+RUN_KWARGS_KEY = "run_kwargs"  # param-space entry: extra keyword arguments of the run function
+RESERVED_KEYS = (BASE_KEY, RESOURCES_KEY, RUN_KWARGS_KEY)
 OVERRIDES_KEY = "overrides"  # param-space entry holding the dotted overrides
 DEFAULT_TRIAL_CPU = 0.01  # trial driver's CPU when Ray Train workers hold the CPUs (0 is rejected)
 
@@ -132,8 +133,6 @@ def apply_overrides(base: RunConfig, overrides: Mapping[str, Any]) -> RunConfig:
     for key in sorted(overrides):  # parents before children ("model" before "model.name")
         check_key(key)
         value = overrides[key]
-        if isinstance(value, dataclasses.Field):  # pragma: no cover - defensive
-            raise ConfigError(f"{key}: not a value")
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             value = to_dict(value)
         set_dotted(data, key, value)
@@ -142,7 +141,7 @@ def apply_overrides(base: RunConfig, overrides: Mapping[str, Any]) -> RunConfig:
 
 def trial_overrides(config: Mapping[str, Any]) -> dict[str, Any]:
     """The dotted overrides of a Tune trial config: `{"overrides": {...}}` and/or flat
-    dotted keys (everything except the base config entry)."""
+    dotted keys (everything but the reserved base-config, resources and run-kwargs entries)."""
     out: dict[str, Any] = {}
     for k, v in config.items():
         if k in RESERVED_KEYS:
@@ -296,7 +295,8 @@ def run_trial(config: Mapping[str, Any], base_cfg: RunConfig | None = None, run_
     """One trial without Tune: build the trial's RunConfig, run it, return its metrics.
 
     The base config comes from `base_cfg` or the trial config's `base_config` entry (JSON,
-    put there by `run_sweep` so that `restore_sweep` needs no base config)."""
+    put there by `run_sweep` so that `restore_sweep` needs no base config). The run
+    function is called as `run_fn(cfg, progress=..., **config["run_kwargs"])`."""
     if base_cfg is None:
         if BASE_KEY not in config:
             raise ConfigError(f"no base config: pass base_cfg or put {BASE_KEY!r} in the param space")
@@ -305,7 +305,7 @@ def run_trial(config: Mapping[str, Any], base_cfg: RunConfig | None = None, run_
     overrides = trial_overrides(config)
     cfg = apply_overrides(base_cfg, overrides)
     fn = run_fn or _default_run_fn()
-    out = fn(cfg, progress=progress)
+    out = fn(cfg, progress=progress, **dict(config.get(RUN_KWARGS_KEY) or {}))
     if isinstance(out, Mapping):
         metrics = dict(out)
     elif isinstance(out, str):
@@ -430,6 +430,7 @@ def experiment_path(storage_path: str | os.PathLike, name: str) -> str:
 
 def run_sweep(base_cfg: RunConfig, spec: SweepSpec, storage_path: str | os.PathLike, name: str,
               run_fn: RunFn | None = None, resume: bool = False, *, progress: bool = False,
+              study: str | None = None, run_kwargs: Mapping[str, Any] | None = None,
               verbose: int | None = None, callbacks: list | None = None):
     """Run a sweep (or, with `resume=True` and a restorable experiment at
     `<storage_path>/<name>`, continue it with `restore_sweep`).
@@ -437,8 +438,10 @@ def run_sweep(base_cfg: RunConfig, spec: SweepSpec, storage_path: str | os.PathL
     Trials write results into the base config's `output_dir` (one shared result store).
     Returns `ResultGrid.get_dataframe()`: one row per trial with the reported metrics and
     `config/overrides/<dotted key>` columns. `progress` is passed to the run function
-    (per-trial logs, forwarded by Ray with a trial prefix); Tune's reporter shows trial
-    progress in the terminal (`verbose`: 0 silent, 1 status, 2 with results)."""
+    (per-trial logs, forwarded by Ray with a trial prefix); so are `study` (the result
+    rows' study name, `run_and_evaluate(study=...)`) and `run_kwargs`, saved with the
+    experiment for `restore_sweep`. Tune's reporter shows trial progress in the terminal
+    (`verbose`: 0 silent, 1 status, 2 with results). `callbacks`: extra Tune callbacks."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -449,6 +452,11 @@ def run_sweep(base_cfg: RunConfig, spec: SweepSpec, storage_path: str | os.PathL
     param_space = build_param_space(spec, base_cfg)
     param_space[BASE_KEY] = json.dumps(to_dict(base_cfg), sort_keys=True)
     param_space[RESOURCES_KEY] = dict(spec.trial_resources or default_trial_resources(base_cfg))
+    kwargs = dict(run_kwargs or {})
+    if study is not None:
+        kwargs["study"] = study
+    if kwargs:
+        param_space[RUN_KWARGS_KEY] = kwargs
     tuner = tune.Tuner(
         make_trainable(None, run_fn, progress=progress),
         param_space=param_space,

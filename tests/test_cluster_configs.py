@@ -31,6 +31,14 @@ def check_entrypoint(cmd: str) -> None:
     assert script == STUDY_SCRIPT
     if (ROOT / "studies").is_dir() and any((ROOT / "studies").glob("*.py")):
         assert (ROOT / script).is_file(), f"{script} named by a cluster config does not exist"
+        import subprocess
+        import sys
+
+        usage = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True,
+                               text=True, timeout=120, cwd=ROOT)
+        assert usage.returncode == 0, usage.stderr[-2000:]
+        for opt in (a.split("=")[0] for a in argv[2:] if a.startswith("--")):
+            assert opt in usage.stdout, f"{script} has no option {opt}"
 
 
 def test_there_are_cluster_yamls():
@@ -131,7 +139,8 @@ def test_kuberay_rayjob():
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
     spec = job["spec"]
     check_entrypoint(spec["entrypoint"])
-    assert "--preset paper" in spec["entrypoint"]
+    assert "--preset paper" in spec["entrypoint"] and "--data-root" in spec["entrypoint"]
+    assert "/mnt/shared" in spec["entrypoint"]  # outputs on the shared volume
     env = yaml.safe_load(spec["runtimeEnvYAML"])
     workdir = env.pop("working_dir")
     dockerfile = (CLUSTER / "Dockerfile").read_text()

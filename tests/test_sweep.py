@@ -170,6 +170,9 @@ def test_run_trial_without_ray_reads_final_metrics(tmp_path):
     assert final_metrics(tmp_path / "out" / "results", "missing") == {"run_id": "missing", "tasks_trained": 0}
     with pytest.raises(ConfigError):
         run_trial({"overrides": {"seed": 1}}, run_fn=fake_run)  # no base config anywhere
+    got = run_trial({"seed": 4, "run_kwargs": {"study": "s"}}, base,
+                    run_fn=lambda cfg, progress, study: {"study": study, "seed": cfg.seed})
+    assert got == {"study": "s", "seed": 4, "run_name": "r"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -182,7 +185,7 @@ def marking_run_fn(marks: Path, fail_flag: Path | None = None):
     marks = str(marks)
     flag = str(fail_flag) if fail_flag else None
 
-    def run(cfg, progress=False):
+    def run(cfg, progress=False, **kwargs):
         lr = cfg.stages.finetune.lr
         os.makedirs(marks, exist_ok=True)
         with open(os.path.join(marks, f"lr={lr}-{time.time_ns()}"), "w") as fh:
@@ -193,7 +196,7 @@ def marking_run_fn(marks: Path, fail_flag: Path | None = None):
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, f"{cfg.name}-lr{lr}.json"), "w") as fh:
             json.dump({"lr": lr}, fh)
-        return {"score": 10 * lr, "cwd": os.getcwd()}
+        return {"score": 10 * lr, "cwd": os.getcwd(), "study": kwargs.get("study")}
 
     return run
 
@@ -213,8 +216,9 @@ def test_sweep_runs_one_trial_per_value(ray_local, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     base = RunConfig(name="sw", output_dir="shared")  # relative: resolved on the driver
     df = run_sweep(base, SweepSpec(space={LR: [1.0, 2.0]}), tmp_path / "tune", "two",
-                   run_fn=marking_run_fn(tmp_path / "marks"), verbose=0)
+                   run_fn=marking_run_fn(tmp_path / "marks"), study="st", verbose=0)
     assert sorted(df[f"config/overrides/{LR}"]) == [1.0, 2.0]
+    assert list(df["study"]) == ["st", "st"]  # run kwargs reach the run function
     assert sorted(df["score"]) == [10.0, 20.0]
     assert df["error"].isna().all() and df.attrs["num_finished"] == 2 == df.attrs["num_expected"]
     assert not any(c.startswith("config/base_config") for c in df.columns)
@@ -264,18 +268,26 @@ def test_interrupted_sweep_resumes_only_unfinished_trials(ray_local, tmp_path):
 
     once = tmp_path / "interrupt-once"
     once.touch()
+    seen_handler = []
 
     class InterruptAfterFirstTrial(tune.Callback):
         def on_trial_complete(self, iteration, trials, trial, **info):
             if once.exists():
                 once.unlink()
-                os.kill(os.getpid(), signal.SIGINT)
+                handler = signal.getsignal(signal.SIGINT)
+                seen_handler.append(handler)
+                # only Tune's own handler (installed in the main thread) turns SIGINT into
+                # "save and stop"; never send it to Python's default (KeyboardInterrupt)
+                if handler not in (signal.default_int_handler, signal.SIG_DFL, signal.SIG_IGN, None):
+                    os.kill(os.getpid(), signal.SIGINT)
 
     marks = tmp_path / "marks"
     base = RunConfig(name="sw", output_dir=str(tmp_path / "out"))
     spec = SweepSpec(space={LR: [1.0, 2.0, 3.0]}, max_concurrent=1)
     df = run_sweep(base, spec, tmp_path / "tune", "int", run_fn=marking_run_fn(marks), verbose=0,
                    callbacks=[InterruptAfterFirstTrial()])
+    if seen_handler and seen_handler[0] in (signal.default_int_handler, signal.SIG_DFL, signal.SIG_IGN, None):
+        pytest.skip("Tune installed no SIGINT handler here (not the main thread)")
     assert df.attrs["num_finished"] == 1 < df.attrs["num_expected"] == 3
     assert _runs(marks).get(1.0) == 1
 

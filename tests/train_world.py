@@ -43,8 +43,8 @@ def make_world(root: str | Path, n: int = 32) -> Path:
 def tiny_config(root: str | Path, out: str | Path, *, tasks=("colour", "name"), align: bool = False,
                 parallel: str = "full_shard", num_workers: int = 2, max_steps: int | None = 6,
                 global_batch: int = 8, per_device: int = 2, lr: float = 3e-3, **trainer):
-    from mllmcl_ray.config import (DataSource, ModelSpec, RunConfig, StageConfig, StagesConfig,
-                                   TaskSpec, TrainerConfig)
+    from mllmcl_ray.config import (DataSource, EvalConfig, ModelSpec, RunConfig, StageConfig,
+                                   StagesConfig, TaskSpec, TrainerConfig)
 
     root = Path(root)
     spec = ModelSpec(name="tiny", tokenizer=str(root / "tok"), template="micro", max_seq_len=64,
@@ -66,5 +66,4 @@ def tiny_config(root: str | Path, out: str | Path, *, tasks=("colour", "name"), 
                                                   image_root=str(root))]) for t in tasks],
         trainer=TrainerConfig(num_workers=num_workers, cpus_per_worker=1.0, log_every=1,
                               feature_cache=False, **trainer),
-        eval=None or __import__("mllmcl_ray.config", fromlist=["EvalConfig"]).EvalConfig(
-            nl=False, vl=False))
+        eval=EvalConfig(nl=False, vl=False))

@@ -51,7 +51,7 @@ def plan_steps(cfg: RunConfig) -> list[StepPlan]:
     first = cfg.tasks[0].name if cfg.tasks else "mixture"
     if cfg.align:
         steps.append(StepPlan("02-align", 2, first if cfg.recipe == "continual" else "llava",
-                              "align", list(cfg.align), evaluate=False))
+                              "align", list(cfg.align), evaluate=cfg.eval.zero_shot))
     if cfg.recipe == "llava":
         sources = [s for t in cfg.tasks for s in t.train]
         steps.append(StepPlan("02-llava", 2, "llava", "finetune", sources))

@@ -166,7 +166,7 @@ def pretrain_llm(tok, corpus: Path, size: LLMSize, out_dir: Path, seed: int = 0,
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)

@@ -62,6 +62,9 @@ class HFEngine(Engine):
         dtype: None keeps the model's dtype; "bfloat16"/"float16"/"float32" casts.
         max_length: longest input (tokens); default the LM's max_position_embeddings.
         max_batch_tokens: log-likelihood batches hold at most this many padded tokens.
+
+    The engine puts the model in eval mode (a training loop that evaluates in-process
+    calls ``model.train()`` again afterwards) and moves it to `device`.
     """
 
     name = "transformers"

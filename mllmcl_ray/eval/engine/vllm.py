@@ -5,7 +5,8 @@
   ``{"prompt": text with one "<image>", "multi_modal_data": {"image": PIL image}}`` (the
   image letterboxed to a square as LLaVA-1.5 and `data/images.py` do; vLLM's LLaVA
   processor expands the placeholder). Decoding is greedy (temperature 0), stopped at
-  end-of-text.
+  end-of-text; the answer text is decoded from the generated ids with the tokenizer, as
+  the transformers engine does.
 - ``loglikelihood``: the lm-eval token pair (`base.encode_pair`) is scored with
   ``prompt_logprobs``: the continuation's summed log-probability, and `is_greedy` when
   every continuation token has rank 1.
@@ -142,8 +143,15 @@ class VLLMEngine(Engine):
                 inputs.append({"prompt_token_ids": self._text_ids(r.prompt)})
             params.append(self._sampling(r.max_new_tokens))
         outs = self.llm.generate(inputs, sampling_params=params, use_tqdm=False) if inputs else []
-        self.last_token_ids = [list(o.outputs[0].token_ids) for o in outs]
-        return [o.outputs[0].text.strip() for o in outs]
+        self.last_token_ids = []
+        for o in outs:
+            ids = list(o.outputs[0].token_ids)
+            cut = next((k for k, t in enumerate(ids) if t in self.stop_ids), len(ids))
+            self.last_token_ids.append(ids[:cut])
+        # decoded from the ids as the transformers engine does (vLLM's incremental
+        # detokenizer holds back a trailing incomplete UTF-8 sequence)
+        return [self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+                for ids in self.last_token_ids]
 
     def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
         tok = self.tokenizer

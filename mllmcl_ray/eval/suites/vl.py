@@ -91,7 +91,13 @@ def add_ocr_tokens(question: str, tokens) -> str:
 
 
 def use_ocr(eval_set: EvalSet, ocr_tokens: bool | None) -> bool:
-    return eval_set.name.lower().endswith("_ocr") if ocr_tokens is None else bool(ocr_tokens)
+    """OCR tokens in the prompt: the call's choice, else the set's `ocr_tokens`, else on for
+    sets named ``*_ocr`` (TextVQA "OCR" vs "Pure" are two EvalSets of the same records)."""
+    if ocr_tokens is not None:
+        return bool(ocr_tokens)
+    if eval_set.ocr_tokens is not None:
+        return bool(eval_set.ocr_tokens)
+    return eval_set.name.lower().endswith("_ocr")
 
 
 def record_conversation(rec: dict, ocr: bool) -> list[dict]:

@@ -113,8 +113,11 @@ def enable_activation_checkpointing(module: nn.Module) -> None:
     from ...models.build import unwrap
 
     inner = module.module if hasattr(module, "module") else module
-    unwrap(inner.model).gradient_checkpointing_enable(
-        gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = unwrap(inner.model)
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 @register_strategy("none", "single")
