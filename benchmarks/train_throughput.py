@@ -9,19 +9,22 @@ same fixed number of optimizer steps (same global batch, same data order) under:
   plain-2t           the plain in-process loop (`task.run_step`), 2 torch threads
   plain-1t           the same with 1 thread (the per-worker baseline for scaling)
   ray-1w-2t          Ray Train, 1 worker with 2 threads (same compute as plain-2t)
+  ray-1w-1t          Ray Train, 1 worker with 1 thread (same compute as plain-1t)
   ray-2w-1t-ddp      Ray Train, 2 workers with 1 thread each, DDP (gloo)
   ray-2w-1t-fsdp     Ray Train, 2 workers with 1 thread each, FSDP2 full_shard (gloo)
   plain-2t-cache     plain-2t with the vision-feature cache (pre-filled)
+  plain-1t-cache     plain-1t with the vision-feature cache
 
 What is measured: tokens/s is the training loop's own figure (non-padding tokens, image
 tokens included, of all workers, from the first to the last optimizer step): it
 excludes Ray's fixed start-up (cluster, worker processes, imports), model building and
 tokenisation, which are reported separately as the fit's wall time. So
 
-  overhead ratio      = tokens/s(ray-1w-2t) / tokens/s(plain-2t)   (1.0 = no overhead)
+  overhead ratio      = tokens/s(ray-1w-2t) / tokens/s(plain-2t)   (1.0 = no overhead),
+                        and the same at 1 thread (ray-1w-1t / plain-1t)
   scaling efficiency  = tokens/s(ray-2w-1t) / (2 × tokens/s(plain-1t))
   equal-cores ratio   = tokens/s(ray-2w-1t) / tokens/s(plain-2t)
-  cache speed-up      = step time(plain-2t) / step time(plain-2t-cache)
+  cache speed-up      = step time(plain-2t) / step time(plain-2t-cache) (and at 1 thread)
 
 Plain-loop settings run `--repeats` times and the best counts (other load on the machine
 only ever slows a run down); each Ray setting is one fit. The 1-minute load average at
@@ -186,7 +189,8 @@ def cpu_benchmark(args) -> dict:
         return make_config(tmp, data, tmp / label, args.steps, **kw)
 
     for label, kw, threads in [("plain-2t", {}, 2), ("plain-1t", {"threads": 1}, 1),
-                               ("plain-2t-cache", {"cache": True}, 2)]:
+                               ("plain-2t-cache", {"cache": True}, 2),
+                               ("plain-1t-cache", {"cache": True, "threads": 1}, 1)]:
         runs = [run_plain(cfg(f"{label}-{r}", **kw), threads) for r in range(args.repeats)]
         res[label] = max(runs, key=lambda r: r["tokens_per_s"])  # best of the repeats
         res[label]["repeats_tokens_per_s"] = [r["tokens_per_s"] for r in runs]
@@ -197,6 +201,7 @@ def cpu_benchmark(args) -> dict:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         ray_init_s = time.perf_counter() - t
         for label, kw in [("ray-1w-2t", dict(workers=1, threads=2)),
+                          ("ray-1w-1t", dict(workers=1, threads=1)),
                           ("ray-2w-1t-ddp", dict(workers=2, threads=1, parallel="ddp",
                                                  per_device=8)),
                           ("ray-2w-1t-fsdp", dict(workers=2, threads=1, parallel="full_shard",
@@ -208,9 +213,11 @@ def cpu_benchmark(args) -> dict:
         ray.shutdown()
         res["ray_init_s"] = {"seconds": ray_init_s}
     p2, p1 = res["plain-2t"]["tokens_per_s"], res["plain-1t"]["tokens_per_s"]
-    summary = {"cache_speedup": res["plain-2t"]["step_s"] / res["plain-2t-cache"]["step_s"]}
+    summary = {"cache_speedup": res["plain-2t"]["step_s"] / res["plain-2t-cache"]["step_s"],
+               "cache_speedup_1t": res["plain-1t"]["step_s"] / res["plain-1t-cache"]["step_s"]}
     if not args.skip_ray:
         summary["overhead_ratio_ray1w_over_plain"] = res["ray-1w-2t"]["tokens_per_s"] / p2
+        summary["overhead_ratio_ray1w_over_plain_1t"] = res["ray-1w-1t"]["tokens_per_s"] / p1
         for s in ("ddp", "fsdp"):
             t2 = res[f"ray-2w-1t-{s}"]["tokens_per_s"]
             summary[f"scaling_efficiency_{s}"] = t2 / (2 * p1)

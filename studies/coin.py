@@ -297,12 +297,6 @@ def summarize(results: Path, out_md: Path) -> str:
     return text
 
 
-def _dry_run(base, space, study) -> int:
-    """dry_run, and exit status 1 when a data file is missing."""
-    lines: list[str] = []
-    dry_run(base, space, study, log=lambda s: (print(s), lines.append(s)))
-    return 1 if any("MISSING" in s for s in lines) else 0
-
 
 # ---------------------------------------------------------------------------------------
 def main(argv=None) -> int:
@@ -421,7 +415,7 @@ def main(argv=None) -> int:
                 print(f"[{study}] instructions {variant}: would rewrite the prompts of "
                       f"{', '.join(t.name for t in cfg.tasks if types.get(t.name))} into {cache} "
                       "(validated here against the original files)")
-            status = max(status, _dry_run(cfg, sp, study))
+            status = max(status, dry_run(cfg, sp, study))
         return status
     # --- train + evaluate -------------------------------------------------------------
     for study, cfg, variant, sp in plans:

@@ -115,12 +115,6 @@ def clip_meta(model: str, scale: float | None, clip: str, prompt: str) -> dict:
             "seed": 0}
 
 
-def _dry_run(base, space, study) -> int:
-    """dry_run, and exit status 1 when a data file is missing."""
-    lines: list[str] = []
-    dry_run(base, space, study, log=lambda s: (print(s), lines.append(s)))
-    return 1 if any("MISSING" in s for s in lines) else 0
-
 
 def main(argv=None) -> int:
     args = parse_args(argv)
@@ -219,7 +213,7 @@ def main(argv=None) -> int:
         if not args.no_clip:
             print(f"[{STUDY}] would compute CLIP zero-shot accuracy with {clip} "
                   f"(prompt {prompt!r}) on {', '.join(sets)}")
-        return max(_dry_run(cfg, space, study) for study, cfg in plans)
+        return max(dry_run(cfg, space, study) for study, cfg in plans)
     # --- CLIP zero-shot of the vision tower ------------------------------------------
     if not args.no_clip:
         import torch

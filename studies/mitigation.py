@@ -128,12 +128,6 @@ def method_grid(variants: list[str], methods: list[str], alphas: list[float]) ->
     return uniq
 
 
-def _dry_run(base, space, study) -> int:
-    """dry_run, and exit status 1 when a data file is missing."""
-    lines: list[str] = []
-    dry_run(base, space, study, log=lambda s: (print(s), lines.append(s)))
-    return 1 if any("MISSING" in s for s in lines) else 0
-
 
 def main(argv=None) -> int:
     args = parse_args(argv)
@@ -215,7 +209,7 @@ def main(argv=None) -> int:
         plans.append((study, {"method": [m for _, m in ms], "seed": seeds, "recipe": [recipe]}))
 
     if args.dry_run:
-        return max([_dry_run(base, space, study) for study, space in plans] or [0])
+        return max([dry_run(base, space, study) for study, space in plans] or [0])
     # --- train + evaluate: one run per method configuration × seed ---------------------
     for study, space in plans:
         run_study(base, space, study=study, use_tune=not args.no_tune,

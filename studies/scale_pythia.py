@@ -91,8 +91,7 @@ def main(argv=None) -> int:
              "recipe": recipes}
 
     if args.dry_run:
-        dry_run(base, space, STUDY)
-        return 0
+        return dry_run(base, space, STUDY)
     # --- train + evaluate: one continual run per combination -----------------------------
     run_study(base, space, study=STUDY, use_tune=not args.no_tune,
               max_concurrent=args.max_concurrent, progress=not args.quiet)
