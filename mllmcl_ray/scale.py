@@ -2,9 +2,11 @@
 
 The papers train Pythia 160M–2.8B with lr 2e-5 (fine-tune) and 1e-3 (alignment) at
 global batches 128/256. A ~1M-parameter micro model learns and forgets almost nothing at
-2e-5 (PLATFORM-NOTES calibration): lr 1e-4 gave clear VL learning and NL forgetting. The
-fine-tune lr therefore rises as parameters fall below 1e8, log-linearly from 2e-5 at
-1e8 to 1e-4 at 1e6 (clamped), and per-device batch shrinks as models grow.
+2e-5 (PLATFORM-NOTES calibration). Measured here on the micro world (micro-s, 1.06M
+parameters, global batch 32): one epoch of VQA at 1e-4 reached VQA accuracy 0.14; two
+epochs at 5e-4 reached 0.44 (zero-shot 0.00) while Lambada-like accuracy fell 0.24 → 0.06.
+The fine-tune lr therefore rises as parameters fall below 1e8, log-linearly from 2e-5 at
+1e8 to 5e-4 at 1e6 (clamped), and per-device batch shrinks as models grow.
 """
 from __future__ import annotations
 
@@ -12,11 +14,11 @@ import math
 
 PAPER_FINETUNE_LR = 2e-5
 PAPER_ALIGN_LR = 1e-3
-SMALL_FINETUNE_LR = 1e-4
+SMALL_FINETUNE_LR = 5e-4
 
 
 def finetune_lr(n_params: int) -> float:
-    """Fine-tune lr: 2e-5 at ≥ 1e8 parameters, 1e-4 at ≤ 1e6, log-linear between."""
+    """Fine-tune lr: 2e-5 at ≥ 1e8 parameters, 5e-4 at ≤ 1e6, log-linear between."""
     if n_params >= 1e8:
         return PAPER_FINETUNE_LR
     if n_params <= 1e6:

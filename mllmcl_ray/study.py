@@ -66,6 +66,14 @@ def _world_path(world_dir: Path, rel: str) -> str:
     return str(p if p.is_absolute() else world_dir / p)
 
 
+def quiet_libraries() -> None:
+    """Keep study output readable: no per-load reports or shard bars from transformers."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def prepare_micro(out: Path, sizes: list[str] | tuple[str, ...] = ("micro-s",), seed: int = 0,
                   world_size: str = "micro", clip_size: str = "micro", progress: bool = True,
                   log=print) -> MicroPrep:
@@ -73,6 +81,7 @@ def prepare_micro(out: Path, sizes: list[str] | tuple[str, ...] = ("micro-s",), 
     from .data.micro import pretrain as P
     from .data.micro.world import generate_world
 
+    quiet_libraries()
     out = Path(out)
     cache = out / "bases"
     world_dir = out / f"world-{world_size}-s{seed}"
@@ -310,6 +319,7 @@ def run_and_evaluate(cfg: RunConfig, progress: bool = True, study: str = "run", 
     `TorchTrainer` with that many workers."""
     from .train.continual import ContinualRun, LocalBackend
 
+    quiet_libraries()
     if backend is None:
         if cfg.trainer.num_workers >= 1:
             from .train.ray_trainer import RayBackend

@@ -51,6 +51,14 @@ class MLLMForTraining(nn.Module):
                 raise ValueError(f"{proj.shape[0] * proj.shape[1]} image features for {n_tok} "
                                  "image tokens: check n_image_tokens and the vision config")
             embeds = embeds.masked_scatter(img_mask.unsqueeze(-1), proj.reshape(-1, proj.shape[-1]))
+        elif self.training and torch.is_grad_enabled():
+            # A text-only batch: let the projector take part with a zero contribution, so
+            # every rank produces projector gradients and FSDP/DDP reductions never wait
+            # on a rank whose batch happened to have no image.
+            proj = p["projector"]
+            first = next(m for m in proj.modules() if isinstance(m, nn.Linear))
+            dummy = torch.zeros(1, 1, first.in_features, dtype=embeds.dtype, device=embeds.device)
+            embeds = embeds + 0.0 * proj(dummy).sum()
         return self.model(inputs_embeds=embeds, attention_mask=attention_mask).logits
 
 
