@@ -75,9 +75,12 @@ def quiet_libraries() -> None:
 
 
 def prepare_micro(out: Path, sizes: list[str] | tuple[str, ...] = ("micro-s",), seed: int = 0,
-                  world_size: str = "micro", clip_size: str = "micro", progress: bool = True,
+                  world_size: str = "micro", clip_size: str | None = None, progress: bool = True,
                   log=print) -> MicroPrep:
-    """Generate the world and pretrain (or reuse) the base models; returns MLLM specs."""
+    """Generate the world and pretrain (or reuse) the base models; returns MLLM specs.
+
+    `clip_size` defaults to "nano" for the tiny world (smoke runs) and "micro" otherwise."""
+    clip_size = clip_size or ("nano" if world_size == "tiny" else "micro")
     from .data.micro import pretrain as P
     from .data.micro.world import generate_world
 

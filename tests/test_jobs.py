@@ -34,18 +34,19 @@ RAY = str(Path(sys.executable).with_name("ray"))
 
 # The study job, as `ray job submit --working-dir <JOB_WORKING_DIR> -- <JOB_ENTRYPOINT>`:
 # studies/scale_pythia.py from an uploaded copy of the repository (Ray leaves out .git,
-# .venv and what .gitignore names), with its fastest option, --help (the job imports
-# mllmcl_ray.study and parses the study's arguments). Every option that runs the study,
-# even `--preset micro --world-size tiny --scales nano --dry-run`, first pretrains the micro
-# base models (minutes on 2 cores), too slow for the test suite.
-JOB_ENTRYPOINT = "python studies/scale_pythia.py --help"
+# .venv and what .gitignore names), really run on its micro preset with its fastest
+# options: the tiny world, the `nano` base LLM, one method, one seed, no Tune. It generates
+# the world, pretrains the nano bases, runs alignment + the 4 continual tasks with
+# evaluation after each, and writes the report ({out} is a temp dir of the test).
+JOB_ENTRYPOINT = ("python studies/scale_pythia.py --preset micro --world-size tiny --scales nano "
+                  "--methods naive --seeds 0 --no-tune --eval-samples 8 --quiet --out {out}")
 JOB_WORKING_DIR = ROOT
-JOB_EXPECT = "usage: scale_pythia.py"
+JOB_EXPECT = "report: "
 # A self-contained smoke job beside it (written into a temp working dir): imports a module
 # from its working dir and mllmcl_ray, runs Ray tasks on the job's cluster, prints a marker.
 SMOKE_ENTRYPOINT = "python job_smoke.py"
 JOB_MARKER = "MLLMCL_JOB_OK"
-JOB_TIMEOUT_S = 240  # seconds the jobs may take together
+JOB_TIMEOUT_S = 480  # seconds the jobs may take together
 
 SMOKE_SCRIPT = f'''
 import ray
@@ -180,8 +181,9 @@ def jobs(ray_head, tmp_path_factory):
     """Submit the study job and the smoke job together (`ray job submit --no-wait`), wait for
     both through the Jobs SDK; {name: {"status", "logs"}}."""
     wanted = {"smoke": (_smoke_dir(tmp_path_factory.mktemp("smoke")), SMOKE_ENTRYPOINT)}
+    study_out = tmp_path_factory.mktemp("study-out")
     if (ROOT / shlex.split(JOB_ENTRYPOINT)[1]).exists():
-        wanted["study"] = (JOB_WORKING_DIR, JOB_ENTRYPOINT)
+        wanted["study"] = (JOB_WORKING_DIR, JOB_ENTRYPOINT.format(out=study_out))
     sids = {}
     for name, (wd, entry) in wanted.items():
         sid = f"mllmcl-{name}-{uuid.uuid4().hex[:8]}"
@@ -195,7 +197,10 @@ def jobs(ray_head, tmp_path_factory):
     line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT")]
     assert line, (r.stdout + r.stderr)[-4000:]
     got = json.loads(line[-1][len("RESULT"):])
-    return {name: got[sid] for name, sid in sids.items()}
+    out = {name: got[sid] for name, sid in sids.items()}
+    if "study" in out:
+        out["study"]["out"] = study_out
+    return out
 
 
 @pytest.mark.slow
@@ -204,6 +209,15 @@ def test_study_job_succeeds(jobs):
         pytest.skip(f"{shlex.split(JOB_ENTRYPOINT)[1]} not present")
     assert jobs["study"]["status"] == "SUCCEEDED", jobs["study"]["logs"][-4000:]
     assert JOB_EXPECT in jobs["study"]["logs"]
+    out = Path(jobs["study"]["out"])
+    report = out / "scale_pythia-report.html"
+    assert report.exists() and report.stat().st_size > 100_000
+    from mllmcl_ray.results import ResultStore
+
+    df = ResultStore(out / "results").read()
+    # NL suite for the base model (task 1) and after each of the 4 continual tasks
+    assert sorted(df.loc[df.eval_task == "nl", "trained_task_index"].unique()) == [1, 2, 3, 4, 5]
+    assert {"vqa", "ocr", "grounding"} <= set(df.eval_task)
 
 
 @pytest.mark.slow

@@ -369,7 +369,7 @@ def test_emt_epochs_rows_and_figure(tmp_path, tiny_clip):
     import torch
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from tiny_world import make_tokenizer, tiny_spec
+    from spine_world import make_tokenizer, tiny_spec
 
     from mllmcl_ray.config import (DataSource, EvalSet, MethodConfig, RunConfig, StageConfig,
                                    StagesConfig, TrainerConfig)
