@@ -73,6 +73,7 @@ def main(argv=None) -> int:
         print(prep.skill_text())
         base = micro_run_config(prep, scales[0], "naive", seeds[0], out=args.out, study=STUDY,
                                 eval_samples=args.eval_samples or 200)
+        base.eval.zero_shot = True  # VL tasks scored after alignment too (the zero-shot model)
         models = [to_dict(prep.specs[s]) for s in scales]
     else:
         from mllmcl_ray.presets import PYTHIA_SCALES, paper_run_config, resolve_model
