@@ -31,7 +31,8 @@ def cmd_micro(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .study import load_run_config, run_and_evaluate
+    from .runner import run_and_evaluate
+    from .study import load_run_config
 
     cfg = load_run_config(args.config, args.set)
     run_and_evaluate(cfg, progress=not args.quiet)
@@ -39,7 +40,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from .study import load_run_config, validate_run_config
+    from .study import load_run_config
+    from .validate import validate_run_config
 
     cfg = load_run_config(args.config, args.set)
     for line in validate_run_config(cfg):

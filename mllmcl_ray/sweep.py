@@ -3,7 +3,7 @@
 A trial is one `RunConfig`: the sweep's base config with the trial's dotted overrides
 applied (strictly: an unknown key raises `ConfigError`). Ray 2.60 runs Train V2, where
 `Tuner(TorchTrainer)` fails, so a trial is a *driver function*: it builds the run config,
-calls a run function (default `mllmcl_ray.study.run_and_evaluate`, which builds and fits its
+calls a run function (default `mllmcl_ray.runner.run_and_evaluate`, which builds and fits its
 own TorchTrainer(s) per task) and reports the run's final metrics with `ray.tune.report`
 (the Tune-function API; `ray.train.report` is the V2 API for code inside Train workers).
 
@@ -263,7 +263,7 @@ def moelora_experts_space(experts: list[int] = (2, 4, 8)) -> dict[str, list]:
 # the trial
 # ---------------------------------------------------------------------------------------
 def _default_run_fn() -> RunFn:
-    from .study import run_and_evaluate
+    from .runner import run_and_evaluate
 
     return run_and_evaluate
 

@@ -346,7 +346,7 @@ def test_clip_zero_shot_rows_from_dir(tiny_clip, tmp_path):
 # ---------------------------------------------------------------------------------------
 def test_zero_shot_plan_and_seen_tasks():
     from mllmcl_ray.config import DataSource, EvalSet, RunConfig, TaskSpec
-    from mllmcl_ray.study import seen_vl_tasks
+    from mllmcl_ray.runner import seen_vl_tasks
     from mllmcl_ray.train.task import plan_steps
 
     cfg = RunConfig(align=[DataSource("cap.json")], tasks=[
@@ -376,7 +376,7 @@ def test_emt_epochs_rows_and_figure(tmp_path, tiny_clip):
     from mllmcl_ray.eval.clip_zero_shot import ClipZeroShot, clip_zero_shot_rows
     from mllmcl_ray.report.figures import fig_emt
     from mllmcl_ray.results import ResultStore
-    from mllmcl_ray.study import results_dir, run_and_evaluate
+    from mllmcl_ray.runner import results_dir, run_and_evaluate
 
     emt = load_study("emt")
     torch.set_num_threads(1)

@@ -1,6 +1,6 @@
 """Sweeps (mllmcl_ray/sweep.py): param spaces without Ray; slow: Tune sweeps whose trials
 run a fake run function (marker files count executions), error/interrupt + restore, and
-one trial of a real tiny continual run (`study.run_and_evaluate`)."""
+one trial of a real tiny continual run (`runner.run_and_evaluate`)."""
 from __future__ import annotations
 
 import json
@@ -300,7 +300,7 @@ def test_interrupted_sweep_resumes_only_unfinished_trials(ray_local, tmp_path):
 
 @pytest.mark.slow
 def test_sweep_trial_runs_the_real_continual_run(ray_local, tmp_path):
-    """A trial of the real `study.run_and_evaluate` (tiny LLaVA, in-process trainer, ~25 s):
+    """A trial of the real `runner.run_and_evaluate` (tiny LLaVA, in-process trainer, ~25 s):
     its result rows land in the base config's result store and Tune gets final metrics."""
     from spine_world import tiny_run_config
 
