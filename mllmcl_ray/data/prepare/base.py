@@ -127,16 +127,20 @@ def is_local(source: str) -> bool:
 
 
 def source_id(source: str) -> dict:
-    """How a manifest names a source: a local path, or a hub id with its revision."""
+    """How a manifest names a source: a local path, or a hub id with its revision (a
+    ``key=src;key=src`` list of several sources gives one entry per key)."""
+    if ("=" in source and ";" in source) or (source.count("=") == 1 and not is_local(source)):
+        return {k: source_id(v) for k, _, v in (p.partition("=") for p in source.split(";"))}
     if is_local(source):
         return {"path": str(Path(source).resolve())}
     rev = None
-    try:  # the revision the hub cache holds (no network when offline)
-        from huggingface_hub import HfApi
+    if not os.environ.get("HF_HUB_OFFLINE") and not os.environ.get("HF_DATASETS_OFFLINE"):
+        try:  # the revision now on the hub, which `datasets` just downloaded
+            from huggingface_hub import HfApi
 
-        rev = HfApi().dataset_info(source).sha
-    except Exception:  # offline / private: the manifest says so
-        rev = None
+            rev = HfApi().dataset_info(source, timeout=10).sha
+        except Exception:  # offline / private: the manifest says so (revision null)
+            rev = None
     return {"hub_id": source, "revision": rev}
 
 
