@@ -83,7 +83,7 @@ def prepare_nl(ctx: PrepareContext) -> list:
         source = ctx.source(s.name, s.hub_id)
 
         def build(s=s, source=source):
-            what = f"nl/{s.name} ({s.hub_id} {s.config or ''} {s.split})"
+            what = f"nl/{s.name} ({s.hub_id}{' ' + s.config if s.config else ''}, split {s.split})"
             ds = load_split(source, s.split, s.config, what=what)
             require_fields(ds, s.fields, what=what, source=source)
             rows = [s.convert(i, r, what) for i, r in

@@ -63,7 +63,7 @@ class _Out:
 def _load(ctx: PrepareContext, key: str, fields: tuple[str, ...]):
     hub, config, split, expected = SOURCES[key]
     source = ctx.source(key, hub)
-    what = f"vl-eval/{key} ({hub} {config or ''} {split})"
+    what = f"vl-eval/{key} ({hub}{' ' + config if config else ''}, split {split})"
     ds = load_split(source, split, config, what=what)
     require_fields(ds, fields, what=what, source=source)
     check_expected(ctx, what, len(ds), expected)
