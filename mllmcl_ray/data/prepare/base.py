@@ -174,6 +174,10 @@ def load_split(source: str, split: str, name: str | None = None, *, what: str):
                               f"{str(e).splitlines()[0]}") from None
         raise SourceError(f"{what}: cannot load {source} ({name or 'default'}, split "
                           f"{split}): {str(e).splitlines()[0]}") from None
+    except ConnectionError as e:
+        raise SourceError(f"{what}: cannot reach {source} on the hub "
+                          f"({str(e).splitlines()[0]}); run where the hub is reachable or give "
+                          "a local copy with --source") from None
     except FileNotFoundError as e:
         raise SourceError(f"{what}: {source} not found ({str(e).splitlines()[0]}); give a "
                           "local copy with --source or run where the hub is reachable") from None
