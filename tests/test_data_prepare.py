@@ -227,6 +227,9 @@ def test_coin_and_emt_converters(root):
     assert g[0]["conversations"][-1] == {"from": "gpt", "value": "[0.12, 0.2, 0.56, 0.9]"}
     assert g[0]["bbox"] == [0.12, 0.2, 0.56, 0.9] and g[0]["id"] == "Grounding_test_0"
     assert (root / "Instructions" / "OCR-VQA" / "train.json").exists()  # release dir OCRVQA
+    tv = _load(root / "Instructions" / "TextVQA" / "test.json")
+    # CoIN scores TextVQA against the 10 TextVQA val answers of the question id
+    assert tv[1]["question_id"] == 34603 and tv[1]["answers"] == ["nikon"] * 8 + ["canon", "nikon d40"]
     c100 = _load(root / "emt" / "cifar100" / "test.json")
     assert c100[1]["labels"] == ["apple", "aquarium fish", "baby", "bear", "beaver"]
     assert c100[1]["label"] == "aquarium fish"  # fine_label 1

@@ -119,7 +119,8 @@ def study_files(study: str) -> list[FileSpec]:
         for t in COIN_TASKS:
             specs.append(FileSpec(f"Instructions/{t}/train.json", "Instructions", f"{t}/train.json"))
             specs.append(FileSpec(f"Instructions/{t}/test.json", "Instructions", f"{t}/test.json",
-                                  ("answer", "bbox") if t == "Grounding" else ("answer",)))
+                                  {"Grounding": ("answer", "bbox"), "TextVQA": ("answer", "answers")
+                                   }.get(t, ("answer",))))
         return specs
     from .prepare.emt import EMT_SETS
 

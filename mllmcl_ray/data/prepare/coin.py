@@ -8,7 +8,9 @@ given with ``--images`` and linked into ``<root>/images``. Written to
 ``<root>/Instructions/<Task>/{train,test}.json`` under the task names of studies/coin.py,
 records unchanged except: an ``id`` from ``question_id`` where only that is given; test
 records that carry their answer in ``answer`` only get it as the final ``gpt`` turn;
-Grounding test records get ``bbox`` (the answer's ``[x1, y1, x2, y2]``, normalised).
+Grounding test records get ``bbox`` (the answer's ``[x1, y1, x2, y2]``, normalised);
+TextVQA test records get ``answers``, the 10 TextVQA val answers of their question_id
+(CoIN scores TextVQA against them; source key ``textvqa``, `textvqa_answers`).
 """
 from __future__ import annotations
 
@@ -68,6 +70,23 @@ def normalize_coin_record(rec, *, task: str, split: str, what: str) -> dict:
     return rec
 
 
+TEXTVQA_HUB = "lmms-lab/textvqa"  # TextVQA 0.5.1 val: the 10 answers CoIN's TextVQA scoring uses
+
+
+def textvqa_answers(ctx: PrepareContext) -> dict[str, list[str]]:
+    """question_id -> the 10 TextVQA val answers. CoIN scores TextVQA with m4c's
+    TextVQAAccuracyEvaluator against ``TextVQA_0.5.1_val.json`` by question_id
+    (llava/eval/CoIN/eval_textvqa.py); its test.json carries one answer only."""
+    from .base import load_split, require_fields
+
+    source = ctx.source("textvqa", TEXTVQA_HUB)
+    what = f"coin/TextVQA answers ({TEXTVQA_HUB}, split validation)"
+    ds = load_split(source, "validation", what=what)
+    require_fields(ds, ("question_id", "answers"), what=what, source=source)
+    ds = ds.select_columns(["question_id", "answers"])  # no image decoding
+    return {str(q): list(a) for q, a in zip(ds["question_id"], ds["answers"])}
+
+
 def prepare_coin(ctx: PrepareContext) -> list:
     out_dir = ctx.root / "Instructions"
     manifest = Manifest.load(out_dir, "coin")
@@ -75,6 +94,9 @@ def prepare_coin(ctx: PrepareContext) -> list:
     source = ctx.source("coin", COIN_HUB)
     results = []
     for task, dirs in COIN_TASKS.items():
+        src_key = (f"coin={source};textvqa={ctx.source('textvqa', TEXTVQA_HUB)}"
+                   if task == "TextVQA" else source)
+
         def build(task=task, dirs=dirs):
             base = hub_snapshot(source, [f"{COIN_VARIANT_DIR}/{d}/*.json" for d in dirs],
                                 what=f"coin/{task}")
@@ -88,11 +110,20 @@ def prepare_coin(ctx: PrepareContext) -> list:
                 src = found / f"{split}.json"
                 if not src.exists():
                     raise SourceError(f"coin/{task}: split {split} is missing ({src})")
+                answers = textvqa_answers(ctx) if (task, split) == ("TextVQA", "test") else None
                 w = JSONArrayWriter(out_dir / task / f"{split}.json")
                 try:
                     for i, rec in ctx.bar(iter_raw(src), desc=f"coin/{task}/{split}"):
-                        w.write(normalize_coin_record(rec, task=task, split=split,
-                                                      what=f"{src}: record {i}"))
+                        rec = normalize_coin_record(rec, task=task, split=split,
+                                                    what=f"{src}: record {i}")
+                        if answers is not None:
+                            qid = str(rec.get("question_id", rec["id"]))
+                            if not answers.get(qid):
+                                raise SourceError(f"{src}: record {i} (question_id={qid}): no "
+                                                  "TextVQA val answers for it (a record without "
+                                                  "answers)")
+                            rec["answers"] = answers[qid]
+                        w.write(rec)
                     w.commit()
                 except BaseException:
                     w.abort()
@@ -101,6 +132,6 @@ def prepare_coin(ctx: PrepareContext) -> list:
             return {"files": {f"{task}/{s}.json": n for s, n in counts.items()},
                     "counts": counts, "release_dir": f"{COIN_VARIANT_DIR}/{found.name}"}
 
-        results.append(run_dataset(ctx, manifest, task, COIN_VERSION, source, build))
+        results.append(run_dataset(ctx, manifest, task, COIN_VERSION, src_key, build))
     return results
 

@@ -266,7 +266,8 @@ def build_coin(d: Path, images: Path) -> dict[str, str]:
                 if split == "train":
                     rec["conversations"].append({"from": "gpt", "value": a})
                 else:  # CoIN's test files: the question turn + "answer"
-                    rec["question_id"] = rec.pop("id")
+                    rec.pop("id")  # TextVQA: the TextVQA val question ids of build_vl_eval
+                    rec["question_id"] = 34602 + i if task == "TextVQA" else f"{task}_{split}_{i}"
                     rec["answer"] = a
                 recs.append(rec)
             (root / task).mkdir(parents=True, exist_ok=True)
