@@ -132,7 +132,7 @@ def source_id(source: str) -> dict:
     if ("=" in source and ";" in source) or (source.count("=") == 1 and not is_local(source)):
         return {k: source_id(v) for k, _, v in (p.partition("=") for p in source.split(";"))}
     if is_local(source):
-        return {"path": str(Path(source).resolve())}
+        return {"path": str(Path(source).resolve()), **local_fingerprint(Path(source))}
     rev = None
     if not os.environ.get("HF_HUB_OFFLINE") and not os.environ.get("HF_DATASETS_OFFLINE"):
         try:  # the revision now on the hub, which `datasets` just downloaded
@@ -142,6 +142,18 @@ def source_id(source: str) -> dict:
         except Exception:  # offline / private: the manifest says so (revision null)
             rev = None
     return {"hub_id": source, "revision": rev}
+
+
+def local_fingerprint(path: Path, max_files: int = 200) -> dict:
+    """File hashes of a local source (sha256 of each data file's first MiB, and its size);
+    a tree of more than `max_files` files (an image folder) is summarised by count and bytes."""
+    files = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if len(files) > max_files:
+        return {"n_files": len(files), "bytes": sum(p.stat().st_size for p in files)}
+    return {"files": {(p.name if p == path else str(p.relative_to(path))):
+                      {"bytes": p.stat().st_size, "sha256_first_mib": file_sha256(p, 1 << 20)}
+                      for p in files}}
 
 
 def load_split(source: str, split: str, name: str | None = None, *, what: str):
