@@ -40,10 +40,12 @@ TABLE4: dict[str, tuple[str, int]] = {
     "OCR-VQA": ("ocr", 80), "TextCaps": ("ocr", 22),
     "RefCOCO": ("ref", 48), "Visual Genome": ("ref", 86),
 }
-REF_PROMPTS = ("Please provide the bounding box coordinate of the region this sentence describes",
-               "Please provide a short description for this region")
-AOKVQA_PROMPT = "Answer with the option's letter from the given choices directly"
-SHORT_PROMPT = "Answer the question using a single word or phrase"
+# LLaVA-1.5's task prompts (paper Table 7; the 665K file says "Please provide ..."), matched
+# case-insensitively
+REF_PROMPTS = ("provide the bounding box coordinate of the region this sentence describes",
+               "provide a short description for this region")
+AOKVQA_PROMPT = "answer with the option's letter from the given choices directly"
+SHORT_PROMPT = "answer the question using a single word or phrase"
 IMAGE_SOURCES = {"gqa/": "GQA", "ocr_vqa/": "OCR-VQA", "textvqa/": "TextCaps",
                  "vg/": "Visual Genome"}
 
@@ -60,7 +62,7 @@ def classify_mix_record(rec: dict) -> str:
         raise SourceError(f"{MIX_FILE}: record id={rec.get('id')}: image {image!r} is from no "
                           "known source (coco/, gqa/, ocr_vqa/, textvqa/, vg/)")
     first = next((t.get("value", "") for t in rec.get("conversations", [])
-                  if t.get("from") == "human"), "")
+                  if t.get("from") == "human"), "").lower()
     if any(p in first for p in REF_PROMPTS):
         return "RefCOCO"
     if AOKVQA_PROMPT in first:
