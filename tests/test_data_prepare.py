@@ -125,6 +125,16 @@ def test_refcoco_box_normalisation():
         box_xywh_to_xyxy_norm([0, 0, 0, 10], (100, 100), what="t")  # empty box
 
 
+def test_coin_record_without_answer():
+    from mllmcl_ray.data.prepare.coin import normalize_coin_record
+
+    rec = {"question_id": 7, "image": "a.jpg", "conversations": [{"from": "human", "value": "Q"}]}
+    with pytest.raises(SourceError, match=r"test.json: record 4 \(id=7\): the record has no answer"):
+        normalize_coin_record(rec, task="VQAv2", split="test", what="test.json: record 4")
+    out = normalize_coin_record(dict(rec, answer="2"), task="VQAv2", split="test", what="t")
+    assert out["id"] == 7 and out["conversations"][-1] == {"from": "gpt", "value": "2"}
+
+
 def test_coin_grounding_box():
     assert parse_box("[0.12, 0.2, 0.56, 0.9]", what="t") == [0.12, 0.2, 0.56, 0.9]
     with pytest.raises(SourceError, match="outside"):

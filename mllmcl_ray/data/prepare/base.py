@@ -37,16 +37,18 @@ def _tmp_beside(path: Path) -> Path:
     return path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to a temp file beside `path`, fsync, then rename over `path`."""
+def atomic_write_bytes(path: str | Path, data: bytes, *, sync: bool = True) -> None:
+    """Write `data` to a temp file beside `path` (fsync'd unless `sync` is False: images,
+    where a kill, not a power cut, is the case to survive), then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_beside(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -255,7 +257,7 @@ def save_image(img, path: Path, *, what: str) -> tuple[int, int]:
 
     buf = io.BytesIO()
     img.save(buf, format=fmt)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue(), sync=False)
     return img.size
 
 
@@ -387,14 +389,14 @@ def check_expected(ctx: PrepareContext, what: str, n: int, expected: int | None)
                           "release docs/data.md names (wrong split or version?)")
 
 
-def llava_record(rid: str, question: str, answer: str, image: str | None = None,
-                 **extra) -> dict:
-    """A LLaVA conversation record (the layout docs/data.md describes)."""
+def llava_record(rid, prompt: str, reply: str, image: str | None = None, **extra) -> dict:
+    """A LLaVA conversation record (the layout docs/data.md describes): one human turn
+    (with ``<image>`` first when there is an image), one gpt turn, then `extra` fields."""
     rec = {"id": str(rid)}
     if image is not None:
         rec["image"] = image
-        question = "<image>\n" + question
-    rec["conversations"] = [{"from": "human", "value": question},
-                            {"from": "gpt", "value": answer}]
+        prompt = "<image>\n" + prompt
+    rec["conversations"] = [{"from": "human", "value": prompt},
+                            {"from": "gpt", "value": reply}]
     rec.update(extra)
     return rec

@@ -95,7 +95,7 @@ def build_vqav2(ctx: PrepareContext) -> dict:
         save_image(r["image"], ctx.image_root / rel, what=f"{what}: row {idx}")
         return llava_record(r["question_id"], r["question"] + SHORT,
                             r["multiple_choice_answer"], rel, answers=answers,
-                            question_id=r["question_id"])
+                            answer=r["multiple_choice_answer"], question_id=r["question_id"])
 
     return _vqa_like(ctx, "vqav2", ("question_id", "question", "image", "image_id", "answers",
                                     "multiple_choice_answer"), make)
@@ -130,7 +130,7 @@ def build_gqa(ctx: PrepareContext) -> dict:
             row = next(decoded_rows(imgs.select([j]), what=f"{what_i}: row {j}"))[1]
             save_image(row["image"], ctx.image_root / rel, what=f"{what_i}: row {j}")
         return llava_record(r["id"], r["question"] + SHORT, r["answer"], rel,
-                            answers=[r["answer"]], question_id=r["id"])
+                            answers=[r["answer"]], answer=r["answer"], question_id=r["id"])
 
     return _vqa_like(ctx, "gqa", ("id", "imageId", "question", "answer"), make)
 
