@@ -177,6 +177,38 @@ def test_mix665k_sources_and_table4():
     assert check_table4({**real, "GQA": 60000}) == ["GQA 60000 (Table 4: 72K)"]
 
 
+def _lm_eval_task_yaml(task_file: str) -> dict:
+    """An installed lm-eval task YAML (with its `include`), `!function` tags kept as text."""
+    lm_eval = pytest.importorskip("lm_eval")
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, tag, node: f"{tag} {node.value}")
+    path = Path(lm_eval.__file__).parent / "tasks" / task_file
+    cfg = yaml.load(path.read_text(), Loader=Loader)  # noqa: S506 (SafeLoader subclass)
+    if "include" in cfg:
+        base = _lm_eval_task_yaml(str(Path(task_file).parent / cfg.pop("include")))
+        cfg = {**base, **cfg}
+    return cfg
+
+
+@pytest.mark.parametrize("name,task_file", [
+    ("lambada", "lambada/lambada_standard.yaml"), ("arc_easy", "arc/arc_easy.yaml"),
+    ("arc_challenge", "arc/arc_challenge.yaml"), ("winogrande", "winogrande/default.yaml"),
+    ("wsc", "wsc273/default.yaml")])
+def test_nl_sources_are_lm_evals(name, task_file):
+    from mllmcl_ray.data.prepare.nl import NL_SETS
+
+    cfg = _lm_eval_task_yaml(task_file)
+    s = NL_SETS[name]
+    assert s.task == cfg["task"]
+    assert (s.hub_id, s.config) == (cfg["dataset_path"], cfg.get("dataset_name"))
+    # lm-eval scores the test split when it has one, else the validation split
+    assert s.split == (cfg.get("test_split") or cfg["validation_split"])
+
+
 # ---------------------------------------------------------------------------------------
 # every converter on its fixture
 # ---------------------------------------------------------------------------------------
