@@ -7,7 +7,9 @@ datasets' own (COCO2014/, GQA/, OCR-VQA/, TextVQA/, ScienceQA/, VizWiz/, ImageNe
 given with ``--images`` and linked into ``<root>/images``. Written to
 ``<root>/Instructions/<Task>/{train,test}.json`` under the task names of studies/coin.py,
 records unchanged except: an ``id`` from ``question_id`` where only that is given; test
-records that carry their answer in ``answer`` only get it as the final ``gpt`` turn;
+records in LLaVA's eval form (``question_id``, ``image``, ``text``, ``answer``: what CoIN's
+eval scripts read) get ``conversations`` with the question and, as the final ``gpt`` turn,
+the ``answer``;
 Grounding test records get ``bbox`` (the answer's ``[x1, y1, x2, y2]``, normalised);
 TextVQA test records get ``answers``, the 10 TextVQA val answers of their question_id
 (CoIN scores TextVQA against them; source key ``textvqa``, `textvqa_answers`).
@@ -52,8 +54,16 @@ def normalize_coin_record(rec, *, task: str, split: str, what: str) -> dict:
             raise SourceError(f"{what}: field 'id' (or 'question_id') is missing")
         rec["id"] = rec["question_id"]
     convs = rec.get("conversations")
+    if convs is None and isinstance(rec.get("text"), str):
+        # CoIN's test files in LLaVA's eval form: {question_id, image, text, answer}
+        # (llava/eval/CoIN/model_vqa_cc_instruction.py reads "text", the scorers "answer")
+        text = rec["text"]
+        if rec.get("image") and "<image>" not in text:
+            text = "<image>\n" + text
+        convs = rec["conversations"] = [{"from": "human", "value": text}]
     if not isinstance(convs, list) or not convs:
-        raise SourceError(f"{what} (id={rec['id']}): field 'conversations' is missing")
+        raise SourceError(f"{what} (id={rec['id']}): field 'conversations' (or 'text') is "
+                          "missing")
     if convs[-1].get("from") != "gpt":
         if split == "test" and rec.get("answer") not in (None, ""):
             convs.append({"from": "gpt", "value": str(rec["answer"])})

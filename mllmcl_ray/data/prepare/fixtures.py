@@ -265,10 +265,14 @@ def build_coin(d: Path, images: Path) -> dict[str, str]:
                        "conversations": [{"from": "human", "value": "<image>\n" + q}]}
                 if split == "train":
                     rec["conversations"].append({"from": "gpt", "value": a})
-                else:  # CoIN's test files: the question turn + "answer"
-                    rec.pop("id")  # TextVQA: the TextVQA val question ids of build_vl_eval
-                    rec["question_id"] = 34602 + i if task == "TextVQA" else f"{task}_{split}_{i}"
-                    rec["answer"] = a
+                else:  # CoIN's test files, as its eval scripts read them
+                    qid = 34602 + i if task == "TextVQA" else f"{task}_{split}_{i}"
+                    if task == "ScienceQA":  # model_vqa_science: conversations[0] + answer
+                        rec = {"question_id": qid, "image": rel,
+                               "conversations": rec["conversations"], "answer": a}
+                    else:  # model_vqa_cc_instruction: question_id, image, text; scorers: answer
+                        rec = {"question_id": qid, "image": rel, "text": q, "answer": a}
+                    # (TextVQA question ids are those of build_vl_eval's TextVQA val rows)
                 recs.append(rec)
             (root / task).mkdir(parents=True, exist_ok=True)
             (root / task / f"{split}.json").write_text(json.dumps(recs))
