@@ -252,6 +252,15 @@ def test_vl_eval_converter(root):
     assert all((root / "images" / r["image"]).exists() for r in vqa)
     tv = _load(root / "eval" / "textvqa_slim.json")
     assert tv[0]["ocr_tokens"] == ["NIKON", "D40"] and len(tv[0]["answers"]) == 10
+    # images keep the source's bytes (JPEG stays JPEG, no re-encoding)
+    import datasets
+
+    src = datasets.Dataset.from_parquet(str(next((root / ".fixtures-src" / "vl" / "textvqa")
+                                                 .rglob("*.parquet"))))
+    src = src.cast_column("image", datasets.Image(decode=False))
+    by_qid = {q: im["bytes"] for q, im in zip(src["question_id"], src["image"])}
+    assert tv[0]["image"].endswith(".jpg")
+    assert (root / "images" / tv[0]["image"]).read_bytes() == by_qid[tv[0]["question_id"]]
     gqa = _load(root / "eval" / "gqa_slim.json")
     assert all(len(r["answers"]) == 1 for r in gqa)
     ref = _load(root / "eval" / "refcoco_slim.json")

@@ -15,7 +15,7 @@ import json
 import os
 import random
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -239,38 +239,55 @@ def hub_snapshot(source: str, patterns: list[str], *, what: str) -> Path:
 # ---------------------------------------------------------------------------------------
 # images
 # ---------------------------------------------------------------------------------------
-def save_image(img, path: Path, *, what: str) -> tuple[int, int]:
-    """Save a decoded PIL image atomically (skipped when the file exists); (width, height)."""
-    from PIL import Image
+IMAGE_EXT = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "WEBP": ".webp",
+             "TIFF": ".tif"}
 
-    if path.exists():
-        with Image.open(path) as im:
-            return im.size
-    if img is None:
-        raise SourceError(f"{what}: the record has no image")
-    if not isinstance(img, Image.Image):
-        raise SourceError(f"{what}: image is {type(img).__name__}, not a decoded image")
-    fmt = "PNG" if path.suffix.lower() == ".png" else "JPEG"
-    if fmt == "JPEG" and img.mode not in ("RGB", "L"):
-        img = img.convert("RGB")
+
+def undecoded(ds, column: str):
+    """`ds` with its image column left as the source's bytes (``Image(decode=False)``), so
+    `write_image` can keep them unchanged (no lossy re-encoding)."""
+    import datasets
+
+    if isinstance(ds.features.get(column), datasets.Image):
+        return ds.cast_column(column, datasets.Image(decode=False))
+    return ds
+
+
+def write_image(value, image_root: Path, stem: str, *, what: str) -> str:
+    """Write one source image under `image_root` as ``stem`` + its format's extension and
+    return that relative path. The image is decoded by `datasets` (`Image.decode_example`)
+    to prove it decodes; the source's own bytes are written (atomically; an existing file
+    is kept, so reruns resume). A decoded PIL image (no bytes) is written as PNG."""
     import io
 
-    buf = io.BytesIO()
-    img.save(buf, format=fmt)
-    atomic_write_bytes(path, buf.getvalue(), sync=False)
-    return img.size
+    import datasets
+    from PIL import Image as PILImage
 
-
-def decoded_rows(ds, *, what: str) -> Iterator[tuple[int, dict]]:
-    """(index, row) pairs; an image that does not decode raises naming the row."""
-    n = len(ds)
-    for i in range(n):
+    for ext in IMAGE_EXT.values():
+        if (image_root / (stem + ext)).exists():
+            return stem + ext
+    if value is None:
+        raise SourceError(f"{what}: the record has no image")
+    if isinstance(value, PILImage.Image):
+        buf = io.BytesIO()
+        value.save(buf, format="PNG")
+        data, ext = buf.getvalue(), ".png"
+    else:
         try:
-            row = ds[i]
-        except Exception as e:  # PIL.UnidentifiedImageError, OSError on truncated bytes
-            raise SourceError(f"{what}: row {i}: image does not decode "
-                              f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
-        yield i, row
+            img = datasets.Image().decode_example(value)
+            img.load()
+        except Exception as e:  # PIL.UnidentifiedImageError, OSError (truncated), ...
+            raise SourceError(f"{what}: image does not decode ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        data, ext = value.get("bytes"), IMAGE_EXT.get(img.format or "")
+        if data is None and value.get("path"):
+            data = Path(value["path"]).read_bytes()
+        if data is None or ext is None:  # an unusual format: store it losslessly as PNG
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+            data, ext = buf.getvalue(), ".png"
+    atomic_write_bytes(image_root / (stem + ext), data, sync=False)
+    return stem + ext
 
 
 def link_images(images: str | Path | None, root: Path) -> list[str]:

@@ -5,7 +5,7 @@ MNIST (``ylecun/mnist``), CIFAR-10 (``uoft-cs/cifar10``) and CIFAR-100
 (``--source miniimagenet=DIR``: an image folder ``DIR/{train,test}/<class name>/*.jpg``
 read by `datasets`' imagefolder loader; name the class folders by their readable class
 names, which are what the prompt lists and the answer is checked against).
-Images go to ``<root>/images/emt/<set>/<split>/<row>.png``; records to
+Images go to ``<root>/images/emt/<set>/<split>/<row>.<ext>`` (the source's bytes); records to
 ``<root>/emt/<set>/{train,test}.json``: the EMT prompt listing every class, the label as
 the answer, ``label`` and ``labels``.
 """
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import (Manifest, PrepareContext, SourceError, check_expected, decoded_rows,
-                   llava_record, load_split, require_fields, run_dataset, save_image)
+from .base import (Manifest, PrepareContext, SourceError, check_expected, llava_record,
+                   load_split, require_fields, run_dataset, undecoded, write_image)
 from .srivastava import JSONArrayWriter
 
 EMT_VERSION = "emt-v1"
@@ -72,10 +72,11 @@ def prepare_emt(ctx: PrepareContext) -> list:
                 question = emt_prompt(labels, s.noun)
                 w = JSONArrayWriter(out_dir / s.name / f"{split}.json")
                 try:
-                    for i, row in ctx.bar(decoded_rows(ds, what=what), total=len(ds),
-                                          desc=f"emt/{s.name}/{split}"):
-                        rel = f"emt/{s.name}/{split}/{i:06d}.png"
-                        save_image(row[s.image_col], ctx.image_root / rel, what=f"{what}: row {i}")
+                    raw = undecoded(ds, s.image_col)
+                    for i in ctx.bar(range(len(raw)), desc=f"emt/{s.name}/{split}"):
+                        row = raw[i]
+                        rel = write_image(row[s.image_col], ctx.image_root,
+                                          f"emt/{s.name}/{split}/{i:06d}", what=f"{what}: row {i}")
                         label = labels[int(row[s.label_col])]
                         w.write(llava_record(f"{s.name}-{split}-{i}", question, label, rel,
                                              label=label, labels=labels))

@@ -40,6 +40,15 @@ def fake_photo(seed: int, size=(64, 48), mode: str = "RGB"):
     return img.convert(mode)
 
 
+def jpeg_bytes(img) -> dict:
+    """An image cell as the hub stores photos: the JPEG file's bytes."""
+    import io
+
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="JPEG", quality=90)
+    return {"bytes": buf.getvalue(), "path": None}
+
+
 def _save_img(img, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
@@ -184,7 +193,7 @@ def build_vl_eval(d: Path, images: Path) -> dict[str, str]:
               "question_id": list(range(34602, 34602 + n)),
               "question": [f"what is the brand of this camera? ({i})" for i in range(n)],
               "question_tokens": [["what", "is", "the", "brand"]] * n,
-              "image": [fake_photo(500 + i) for i in range(n)],
+              "image": [jpeg_bytes(fake_photo(500 + i)) for i in range(n)],
               "image_width": [64] * n, "image_height": [48] * n,
               "flickr_original_url": ["https://farm.example/x.jpg"] * n,
               "flickr_300k_url": ["https://farm.example/y.jpg"] * n,

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .base import (SLIM_SIZE, VLM_EVAL_SEED, Manifest, PrepareContext, SourceError,
-                   atomic_write_json, check_expected, decoded_rows, link_images, llava_record,
-                   load_split, require_fields, run_dataset, save_image, slim_positions,
-                   slim_positions_grouped)
+                   atomic_write_json, check_expected, link_images, llava_record, load_split,
+                   require_fields, run_dataset, slim_positions, slim_positions_grouped,
+                   undecoded, write_image)
 
 VL_EVAL_VERSION = "vl-eval-v1"
 SHORT = "\nAnswer the question using a single word or phrase."
@@ -73,10 +73,10 @@ def _load(ctx: PrepareContext, key: str, fields: tuple[str, ...]):
 def _vqa_like(ctx, key, fields, make) -> dict:
     ds, source, what = _load(ctx, key, fields)
     pos = slim_positions(len(ds), SLIM_SIZE, VLM_EVAL_SEED)
-    sub = ds.select(pos)
+    sub = undecoded(ds.select(pos), "image")
     recs = []
-    for i, row in ctx.bar(decoded_rows(sub, what=what), total=len(sub), desc=key):
-        recs.append(make(pos[i], row, what))
+    for i in ctx.bar(range(len(sub)), desc=key):
+        recs.append(make(pos[i], sub[i], what))
     return {"records": recs, "positions": pos, "source_rows": len(ds)}
 
 
@@ -91,8 +91,9 @@ def _answers(row_idx, answers, what) -> list[str]:
 def build_vqav2(ctx: PrepareContext) -> dict:
     def make(idx, r, what):
         answers = _answers(idx, r["answers"], what)
-        rel = f"eval/vqav2/COCO_val2014_{int(r['image_id']):012d}.jpg"
-        save_image(r["image"], ctx.image_root / rel, what=f"{what}: row {idx}")
+        rel = write_image(r["image"], ctx.image_root,
+                          f"eval/vqav2/COCO_val2014_{int(r['image_id']):012d}",
+                          what=f"{what}: row {idx}")
         return llava_record(r["question_id"], r["question"] + SHORT,
                             r["multiple_choice_answer"], rel, answers=answers,
                             answer=r["multiple_choice_answer"], question_id=r["question_id"])
@@ -104,8 +105,8 @@ def build_vqav2(ctx: PrepareContext) -> dict:
 def build_textvqa(ctx: PrepareContext) -> dict:
     def make(idx, r, what):
         answers = _answers(idx, r["answers"], what)
-        rel = f"eval/textvqa/{r['image_id']}.jpg"
-        save_image(r["image"], ctx.image_root / rel, what=f"{what}: row {idx}")
+        rel = write_image(r["image"], ctx.image_root, f"eval/textvqa/{r['image_id']}",
+                          what=f"{what}: row {idx}")
         return llava_record(r["question_id"], r["question"] + SHORT, answers[0], rel,
                             answers=answers, ocr_tokens=list(r["ocr_tokens"] or []),
                             question_id=r["question_id"])
@@ -116,6 +117,7 @@ def build_textvqa(ctx: PrepareContext) -> dict:
 
 def build_gqa(ctx: PrepareContext) -> dict:
     imgs, _, what_i = _load(ctx, "gqa_images", ("id", "image"))
+    imgs = undecoded(imgs, "image")
     by_id = {str(v): i for i, v in enumerate(imgs["id"])}
 
     def make(idx, r, what):
@@ -125,10 +127,8 @@ def build_gqa(ctx: PrepareContext) -> dict:
         if j is None:
             raise SourceError(f"{what}: row {idx} (id={r['id']}): image {r['imageId']} is not "
                               "in the testdev_balanced_images config")
-        rel = f"eval/gqa/{r['imageId']}.jpg"
-        if not (ctx.image_root / rel).exists():
-            row = next(decoded_rows(imgs.select([j]), what=f"{what_i}: row {j}"))[1]
-            save_image(row["image"], ctx.image_root / rel, what=f"{what_i}: row {j}")
+        rel = write_image(imgs[j]["image"], ctx.image_root, f"eval/gqa/{r['imageId']}",
+                          what=f"{what_i}: row {j}")
         return llava_record(r["id"], r["question"] + SHORT, r["answer"], rel,
                             answers=[r["answer"]], answer=r["answer"], question_id=r["id"])
 
