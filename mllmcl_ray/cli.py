@@ -97,6 +97,10 @@ def cmd_report(args) -> int:
 def cmd_data_prepare(args) -> int:
     from .data.prepare import parse_sources, prepare_data
 
+    if args.quiet:
+        import datasets
+
+        datasets.disable_progress_bars()
     results = prepare_data(args.part, args.root, sources=parse_sources(args.source),
                            images=args.images, fixtures=args.fixtures, progress=not args.quiet)
     done = sum(not r.skipped for r in results)

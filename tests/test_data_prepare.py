@@ -509,6 +509,11 @@ def test_cli(root, tmp_path, capsys):
     assert "emt: complete" in capsys.readouterr().out
     assert main(["data", "check", "coin", "--root", str(tmp_path), "--quiet"]) == 1
     assert "file is missing" in capsys.readouterr().out
+    r = tmp_path / "cli"
+    assert main(["data", "prepare", "emt", "--root", str(r), "--fixtures", "--quiet"]) == 0
+    assert "data prepare emt: 4 dataset(s) written, 0 already done" in capsys.readouterr().out
+    assert main(["data", "prepare", "emt", "--root", str(r), "--fixtures", "--quiet"]) == 0
+    assert "0 dataset(s) written, 4 already done" in capsys.readouterr().out
     assert main(["data", "prepare", "nl", "--root", str(tmp_path), "--source", "oops"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "KEY=DIR_OR_HUB_ID" in err

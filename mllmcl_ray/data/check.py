@@ -12,6 +12,7 @@ is ok.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,6 +159,7 @@ def _check_file(root: Path, spec: FileSpec, res: FileResult, report: CheckReport
         res.problems.append("file is missing (run `mllmcl data prepare`)")
         return
     n = 0
+    refs: list[tuple] = []  # (record index, id, image, source, full path) per image use
     try:
         for idx, raw in bar(iter_raw(path), desc=spec.rel):
             n = idx + 1
@@ -187,17 +189,7 @@ def _check_file(root: Path, spec: FileSpec, res: FileResult, report: CheckReport
             res.images += 1
             img = Path(image)
             full = img if img.is_absolute() else root / "images" / img
-            key = str(full)
-            if key not in seen:
-                seen[key] = _image_ok(full, decode)
-                if seen[key] is None:  # exists, does not decode
-                    report.bad_images.append(f"{spec.rel}: record {idx} (id={rid}): {full}")
-            if seen[key] is False:
-                src = _image_source(raw, image)
-                report.missing_counts[src] = report.missing_counts.get(src, 0) + 1
-                where = report.missing_images.setdefault(src, [])
-                if len(where) < MAX_LISTED:
-                    where.append(f"{spec.rel}: record {idx} (id={rid}): {image}")
+            refs.append((idx, rid, image, _image_source(raw, image), str(full)))
     except DataError as e:
         res.problems.append(str(e).replace(f"{path}: ", ""))
         res.records = None
@@ -206,9 +198,35 @@ def _check_file(root: Path, spec: FileSpec, res: FileResult, report: CheckReport
         res.problems.append(f"not valid JSON: {e.msg} (line {e.lineno})")
         return
     res.records = n
+    _check_images(refs, spec, report, seen, decode, bar)
     if res.expected is not None and n != res.expected:
         res.problems.append(f"{n} records, the manifest recorded {res.expected} (a truncated "
                             "or replaced file: rerun `mllmcl data prepare`)")
+
+
+def _check_images(refs: list[tuple], spec: FileSpec, report: CheckReport,
+                  seen: dict[str, bool | None], decode: bool, bar) -> None:
+    """Check each image path once (threads: decoding releases the GIL) and record the
+    missing ones by source and the undecodable ones by record."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    todo = list(dict.fromkeys(r[4] for r in refs if r[4] not in seen))
+    if todo:
+        with ThreadPoolExecutor(max_workers=min(32, 2 * (os.cpu_count() or 1))) as pool:
+            results = pool.map(lambda k: _image_ok(Path(k), decode), todo, chunksize=64)
+            for key, ok in zip(todo, bar(results, desc=f"{spec.rel} images")):
+                seen[key] = ok
+    reported = set()
+    for idx, rid, image, src, key in refs:
+        ok = seen[key]
+        if ok is None and key not in reported:  # exists, does not decode
+            reported.add(key)
+            report.bad_images.append(f"{spec.rel}: record {idx} (id={rid}): {key}")
+        elif ok is False:
+            report.missing_counts[src] = report.missing_counts.get(src, 0) + 1
+            where = report.missing_images.setdefault(src, [])
+            if len(where) < MAX_LISTED:
+                where.append(f"{spec.rel}: record {idx} (id={rid}): {image}")
 
 
 def _image_ok(path: Path, decode: bool) -> bool | None:

@@ -16,8 +16,6 @@ pickle) + COCO train2014 images under ``--images`` (``coco/train2014/``).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from pathlib import Path
 
 from .base import (SLIM_SIZE, VLM_EVAL_SEED, Manifest, PrepareContext, SourceError,
                    atomic_write_json, check_expected, link_images, llava_record, load_split,
@@ -52,12 +50,6 @@ def box_xywh_to_xyxy_norm(bbox, size: tuple[int, int], *, what: str) -> list[flo
         raise SourceError(f"{what}: box [x, y, w, h] = {list(bbox)} lies outside the "
                           f"{width}x{height} image (or is empty)")
     return [round(v, 2) for v in (x / width, y / height, x2 / width, y2 / height)]
-
-
-@dataclass
-class _Out:
-    records: list
-    ids: list
 
 
 def _load(ctx: PrepareContext, key: str, fields: tuple[str, ...]):
@@ -205,7 +197,3 @@ def prepare_vl_eval(ctx: PrepareContext) -> list:
 
         results.append(run_dataset(ctx, manifest, name, VL_EVAL_VERSION, source, build))
     return results
-
-
-def slim_file(root: Path, name: str) -> Path:
-    return Path(root) / "eval" / f"{name}_slim.json"
