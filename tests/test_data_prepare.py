@@ -341,8 +341,8 @@ def test_check_missing_scorer_field_and_file(tmp_path):
     probs = check_study_data("scale_pythia", r).problems
     assert f"eval/refcoco_slim.json: record 2 (id={recs[2]['id']}): field 'bbox' is missing " \
            "(the scorer needs it)" in probs
-    assert "emt/cifar10/test.json: file is missing (run `mllmcl data prepare`)" in \
-        check_study_data("emt", r).problems
+    assert f"emt/cifar10/test.json: file is missing (run `mllmcl data prepare emt --root {r}`)" \
+        in check_study_data("emt", r).problems
 
 
 def test_check_undecodable_image(tmp_path):

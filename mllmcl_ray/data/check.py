@@ -34,6 +34,8 @@ NL_FIELDS = {"lambada": ("context", "target"), "arc_easy": ("question", "choices
              "wsc": ("text", "pronoun", "pronoun_loc", "options", "label")}
 STUDY_LAYOUTS = {"scale_pythia": "srivastava", "mitigation": "srivastava",
                  "srivastava": "srivastava", "coin": "coin", "emt": "emt"}
+PART_OF_DIR = {"continual": "srivastava", "eval": "vl-eval", "nl": "nl", "Instructions": "coin",
+               "emt": "emt"}  # the `mllmcl data prepare` part writing each directory
 MAX_LISTED = 5  # problems listed per file / missing images listed per source
 
 
@@ -156,7 +158,8 @@ def _check_file(root: Path, spec: FileSpec, res: FileResult, report: CheckReport
                 seen: dict[str, bool], decode: bool, bar) -> None:
     path = root / spec.rel
     if not path.exists():
-        res.problems.append("file is missing (run `mllmcl data prepare`)")
+        res.problems.append(f"file is missing (run `mllmcl data prepare "
+                            f"{PART_OF_DIR.get(spec.part_dir, 'all')} --root {root}`)")
         return
     n = 0
     refs: list[tuple] = []  # (record index, id, image, source, full path) per image use
@@ -201,7 +204,8 @@ def _check_file(root: Path, spec: FileSpec, res: FileResult, report: CheckReport
     _check_images(refs, spec, report, seen, decode, bar)
     if res.expected is not None and n != res.expected:
         res.problems.append(f"{n} records, the manifest recorded {res.expected} (a truncated "
-                            "or replaced file: rerun `mllmcl data prepare`)")
+                            f"or replaced file: rerun `mllmcl data prepare "
+                            f"{PART_OF_DIR.get(spec.part_dir, 'all')}`)")
 
 
 def _check_images(refs: list[tuple], spec: FileSpec, report: CheckReport,

@@ -30,15 +30,6 @@ PARTS: dict[str, Callable[[PrepareContext], list[DatasetResult]]] = {
     "coin": prepare_coin,
     "emt": prepare_emt,
 }
-# which parts each study's paper preset reads (data check and `prepare all`)
-STUDY_PARTS: dict[str, tuple[str, ...]] = {
-    "scale_pythia": ("nl", "srivastava", "vl-eval"),
-    "mitigation": ("nl", "srivastava", "vl-eval"),
-    "coin": ("srivastava", "coin"),
-    "emt": ("srivastava", "emt"),
-}
-
-
 def parse_sources(items: list[str] | None) -> dict[str, str]:
     """``KEY=DIR_OR_HUB_ID`` strings (``--source``) as a dict."""
     out = {}
@@ -77,5 +68,5 @@ def prepare_data(part: str, root: str | Path, *, sources: dict[str, str] | None 
     return results
 
 
-__all__ = ["PARTS", "STUDY_PARTS", "PrepareContext", "SourceError", "parse_sources",
+__all__ = ["PARTS", "PrepareContext", "SourceError", "parse_sources",
            "prepare_data"]
