@@ -272,6 +272,24 @@ def test_vl_eval_converter(root):
     assert json.loads(one["conversations"][1]["value"]) == one["bbox"]
 
 
+def test_official_files_select_the_same_slim_sets(root, tmp_path):
+    # the same questions as the hub-layout fixture, in the same order, as vlm-evaluation's
+    # official files: the slim selection (and records) must be the same
+    sources = json.loads((root / ".fixtures-src" / "sources.json").read_text())
+    r = tmp_path / "r"
+    prepare_data("vl-eval", r, fixtures=True, progress=False, log=lambda s: None,
+                 sources={"vqav2": sources["vqav2_official"], "gqa": sources["gqa_official"]})
+    for name in ("vqav2", "gqa"):
+        off, hub = _load(r / "eval" / f"{name}_slim.json"), _load(root / "eval" / f"{name}_slim.json")
+        assert [x["id"] for x in off] == [x["id"] for x in hub]
+        assert [x["answers"] for x in off] == [x["answers"] for x in hub]
+        assert [x["conversations"] for x in off] == [x["conversations"] for x in hub]
+    img = _load(r / "eval" / "vqav2_slim.json")[0]["image"]
+    assert img.startswith("coco/val2014/COCO_val2014_") and (r / "images" / img).exists()
+    files = {f.rel: f for f in check_study_data("scale_pythia", r).files}
+    assert files["eval/vqav2_slim.json"].problems == [] and files["eval/vqav2_slim.json"].images == 5
+
+
 def test_coin_and_emt_converters(root):
     g = _load(root / "Instructions" / "Grounding" / "test.json")
     # CoIN test records carry "answer" and no gpt turn: it is appended; Grounding gets bbox

@@ -207,6 +207,36 @@ def build_vl_eval(d: Path, images: Path) -> dict[str, str]:
               "ocr_tokens": List(S)}, d / "textvqa" / "data" / _shard("validation"))
     sources = {"vqav2": str(d / "VQAv2"), "gqa": str(d / "GQA"), "gqa_images": str(d / "GQA"),
                "textvqa": str(d / "textvqa")}
+    # the official files vlm-evaluation indexes, holding the same questions in the same order
+    # (images in the --images tree, as vlm-evaluation reads them)
+    off = d / "official"
+    off.mkdir(parents=True, exist_ok=True)
+    mc = ["dog", "2", "yes", "red", "kitchen"]
+    (off / "v2_OpenEnded_mscoco_val2014_questions.json").write_text(json.dumps({
+        "info": {}, "task_type": "Open-Ended", "data_type": "mscoco",
+        "data_subtype": "val2014", "license": {},
+        "questions": [{"image_id": 262148 + i, "question": f"What is shown in picture {i}?",
+                       "question_id": 262148000 + i} for i in range(n)]}))
+    (off / "v2_mscoco_val2014_annotations.json").write_text(json.dumps({
+        "info": {}, "license": {}, "data_subtype": "val2014",
+        "annotations": [{"question_type": "what is", "multiple_choice_answer": mc[i],
+                         "answers": [{"answer": mc[i], "answer_confidence": "yes",
+                                      "answer_id": j + 1} for j in range(10)],
+                         "image_id": 262148 + i, "answer_type": "other",
+                         "question_id": 262148000 + i} for i in range(n)]}))
+    for i in range(n):
+        _save_img(fake_photo(300 + i).convert("RGB"),
+                  images / "coco" / "val2014" / f"COCO_val2014_{262148 + i:012d}.jpg")
+    gqa = {}
+    for i in range(n):
+        gqa[f"20968{i}"] = {"imageId": gqa_img[i % 2], "question":
+                            f"Is the table to the left of the chair? ({i})",
+                            "answer": ["yes", "no", "left", "wood", "black"][i],
+                            "fullAnswer": "Yes, it is.", "isBalanced": True}
+    (off / "testdev_balanced_questions.json").write_text(json.dumps(gqa))
+    for i, g in enumerate(gqa_img):
+        _save_img(fake_photo(400 + i).convert("RGB"), images / "gqa" / "images" / f"{g}.jpg")
+    sources["vqav2_official"] = sources["gqa_official"] = str(off)
     for key, base_id in (("refcoco", 1000), ("refcocoplus", 2000), ("refcocog", 3000)):
         rows = {k: [] for k in ("sent_ids", "file_name", "ann_id", "ref_id", "image_id", "split",
                                 "sentences", "category_id", "raw_anns", "raw_image_info",

@@ -8,17 +8,22 @@ first 1024 of each of RefCOCO, RefCOCO+, RefCOCOg in that shuffled order). RefCO
 are COCO ``[x, y, w, h]`` pixels → ``[x1, y1, x2, y2]`` divided by the image's width and
 height and rounded to 2 decimals (vlm-evaluation ``box_xywh2xyxy``).
 
-Sources (docs/data.md): ``lmms-lab/VQAv2`` validation, ``lmms-lab/GQA`` testdev balanced
-(instructions + images configs), ``lmms-lab/textvqa`` validation, ``jxu124/refcoco``,
+Sources (docs/data.md): ``lmms-lab/VQAv2`` validation (or, with ``--source vqav2=DIR``,
+the official ``v2_OpenEnded_mscoco_val2014_questions.json`` +
+``v2_mscoco_val2014_annotations.json`` and COCO val2014 under ``--images``/coco/val2014),
+``lmms-lab/GQA`` testdev balanced (instructions + images configs; or the official
+``testdev_balanced_questions.json`` with images under ``--images``/gqa/images), ``lmms-lab/textvqa`` validation, ``jxu124/refcoco``,
 ``jxu124/refcocoplus``, ``jxu124/refcocog`` validation (the REFER refs as parquet, no
 pickle) + COCO train2014 images under ``--images`` (``coco/train2014/``).
 """
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from .base import (SLIM_SIZE, VLM_EVAL_SEED, Manifest, PrepareContext, SourceError,
-                   atomic_write_json, check_expected, link_images, llava_record, load_split,
+                   atomic_write_json, check_expected, is_local, link_images, llava_record,
+                   load_split,
                    require_fields, run_dataset, slim_positions, slim_positions_grouped,
                    undecoded, write_image)
 
@@ -80,7 +85,83 @@ def _answers(row_idx, answers, what) -> list[str]:
     return out
 
 
+# The official files vlm-evaluation indexes (used when --source names a directory holding
+# them; images then come from the --images tree, as vlm-evaluation reads them)
+VQAV2_QUESTIONS = "v2_OpenEnded_mscoco_val2014_questions.json"
+VQAV2_ANNOTATIONS = "v2_mscoco_val2014_annotations.json"
+GQA_QUESTIONS = "testdev_balanced_questions.json"
+
+
+def _official_dir(ctx: PrepareContext, key: str, filename: str) -> Path | None:
+    src = ctx.source(key, SOURCES[key][0])
+    return Path(src) if is_local(src) and (Path(src) / filename).exists() else None
+
+
+def _tree_image(ctx: PrepareContext, rel: str, what: str) -> str:
+    if not (ctx.image_root / rel).exists():
+        raise SourceError(f"{what}: image {ctx.image_root / rel} is missing; give the image "
+                          "tree with --images DIR")
+    return rel
+
+
+def _official_vqav2(ctx: PrepareContext, src: Path) -> dict:
+    """VQAv2 from the official files, indexed in the annotation file's order (vlm-evaluation
+    `build_vqav2_indices`), read by `datasets`' json loader."""
+    import datasets
+
+    what = f"vl-eval/vqav2 ({src / VQAV2_ANNOTATIONS})"
+    qs = datasets.load_dataset("json", data_files=str(src / VQAV2_QUESTIONS), field="questions",
+                               split="train")
+    ann = datasets.load_dataset("json", data_files=str(src / VQAV2_ANNOTATIONS),
+                                field="annotations", split="train")
+    require_fields(ann, ("question_id", "image_id", "answers", "multiple_choice_answer"),
+                   what=what, source=str(src))
+    check_expected(ctx, what, len(ann), SOURCES["vqav2"][3])
+    question = dict(zip(qs["question_id"], qs["question"]))
+    pos = slim_positions(len(ann), SLIM_SIZE, VLM_EVAL_SEED)
+    recs = []
+    for p in ctx.bar(pos, desc="vqav2"):
+        r = ann[p]
+        answers = _answers(p, r["answers"], what)
+        if r["question_id"] not in question:
+            raise SourceError(f"{what}: row {p}: question {r['question_id']} is not in "
+                              f"{VQAV2_QUESTIONS}")
+        rel = _tree_image(ctx, f"coco/val2014/COCO_val2014_{int(r['image_id']):012d}.jpg",
+                          f"{what}: row {p}")
+        recs.append(llava_record(r["question_id"], question[r["question_id"]] + SHORT,
+                                 r["multiple_choice_answer"], rel, answers=answers,
+                                 answer=r["multiple_choice_answer"],
+                                 question_id=r["question_id"]))
+    return {"records": recs, "positions": pos, "source_rows": len(ann)}
+
+
+def _official_gqa(ctx: PrepareContext, src: Path) -> dict:
+    """GQA testdev-balanced from the official questions file, in its key order
+    (vlm-evaluation `build_gqa_indices`: ``qid2question.items()``)."""
+    path = src / GQA_QUESTIONS
+    what = f"vl-eval/gqa ({path})"
+    try:
+        items = list(json.loads(path.read_text()).items())
+    except json.JSONDecodeError as e:
+        raise SourceError(f"{what}: not valid JSON ({e.msg})") from None
+    check_expected(ctx, what, len(items), SOURCES["gqa"][3])
+    pos = slim_positions(len(items), SLIM_SIZE, VLM_EVAL_SEED)
+    recs = []
+    for p in ctx.bar(pos, desc="gqa"):
+        qid, r = items[p]
+        if not str(r.get("answer", "")).strip():
+            raise SourceError(f"{what}: question {qid}: the record has no answer")
+        rel = _tree_image(ctx, f"gqa/images/{r['imageId']}.jpg", f"{what}: question {qid}")
+        recs.append(llava_record(qid, r["question"] + SHORT, r["answer"], rel,
+                                 answers=[r["answer"]], answer=r["answer"], question_id=qid))
+    return {"records": recs, "positions": pos, "source_rows": len(items)}
+
+
 def build_vqav2(ctx: PrepareContext) -> dict:
+    official = _official_dir(ctx, "vqav2", VQAV2_ANNOTATIONS)
+    if official is not None:
+        return _official_vqav2(ctx, official)
+
     def make(idx, r, what):
         answers = _answers(idx, r["answers"], what)
         rel = write_image(r["image"], ctx.image_root,
@@ -108,6 +189,9 @@ def build_textvqa(ctx: PrepareContext) -> dict:
 
 
 def build_gqa(ctx: PrepareContext) -> dict:
+    official = _official_dir(ctx, "gqa", GQA_QUESTIONS)
+    if official is not None:
+        return _official_gqa(ctx, official)
     imgs, _, what_i = _load(ctx, "gqa_images", ("id", "image"))
     imgs = undecoded(imgs, "image")
     by_id = {str(v): i for i, v in enumerate(imgs["id"])}
