@@ -201,23 +201,16 @@ def _dist_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    batch = _probe_batch(Path(root))
+    from train_world import SaveLogits
+
+    torch.save(_probe_batch(Path(root)), Path(out) / f"batch-{rank}.pt")
     for label, parallel, method, trainer in RUNS:
         cfg = _cfg(root, out, method, parallel=parallel, **trainer)
         strategy = make_strategy(parallel, cfg.trainer, world_size=world)
-        inner = strategy.gather_into
-
-        def gather_into(module, mllm, inner=inner, label=label, strategy=strategy):
-            module.eval()  # the trainer's (sharded) model as it ends the task
-            with torch.no_grad():
-                logits = module(**batch)
-            if rank == 0:
-                torch.save(logits, Path(out) / f"probe-{label}.pt")
-            inner(module, mllm)
-
-        strategy.gather_into = gather_into
+        # the trainer's (sharded) model as it ends the task, before the gather
+        probe = SaveLogits(Path(out) / f"batch-{rank}.pt", Path(out) / f"probe-{label}.pt")
         summary = run_step(cfg, plan_steps(cfg)[0], None, Path(out) / label, strategy=strategy,
-                           progress=False)
+                           callbacks=[probe], progress=False)
         if rank == 0:
             (Path(out) / f"{label}.json").write_text(json.dumps(summary["losses"]))
     dist.destroy_process_group()
