@@ -31,6 +31,11 @@ def test_plan_is_align_then_tasks(trained):
     llava = merge(cfg, {"recipe": "llava"})
     assert [s.key for s in plan_steps(llava)] == ["02-align", "02-llava"]
     assert len(plan_steps(llava)[1].sources) == 2
+    # task 2 = the alignment captions + the first task: later tasks know both (rehearsal)
+    steps = plan_steps(cfg)
+    assert steps[1].align_sources == cfg.align and steps[1].previous_align == {}
+    assert steps[2].align_sources == [] and steps[2].previous_align == {"colour": cfg.align}
+    assert steps[2].previous_sources == {"colour": cfg.tasks[0].train}
 
 
 def test_loss_falls_on_each_task(trained):
