@@ -128,3 +128,64 @@ def test_feature_cache_matches_pixels(tmp_path):
         assert x.summary["losses"] == pytest.approx(y.summary["losses"], rel=1e-4, abs=1e-5)
     shards = list((tmp_path / "b" / "cache" / "features").rglob("shard-*.safetensors"))
     assert shards
+
+
+def test_epoch_end_steps():
+    from mllmcl_ray.config import StageConfig
+    from mllmcl_ray.train.loop import epoch_end_steps
+    from mllmcl_ray.train.schedule import num_optimizer_steps
+
+    def ends(n, epochs, max_steps=None, gbs=8):
+        st = StageConfig(global_batch_size=gbs, epochs=epochs, max_steps=max_steps)
+        return epoch_end_steps(n, st, num_optimizer_steps(st, n))
+
+    assert ends(48, 3.0) == {6: 1, 12: 2, 18: 3}  # 48 / 8 = 6 steps an epoch
+    assert ends(50, 2.0) == {7: 1, 12: 2}  # ceil(50/8) = 7; floor(100/8) = 12 steps in all
+    assert ends(48, 0.5) == {3: 1}  # a part of an epoch ends at the stage's end
+    assert ends(48, 2.0, max_steps=4) == {4: 1}  # cut short inside epoch 1
+
+
+def test_eval_every_epoch_checkpoints_inside_one_task(tmp_path):
+    """EMT protocol: one task, one lr schedule, one optimizer, one (LoRA) adapter,
+    evaluated after every epoch: the epoch-1 checkpoint is the model a run stopped after
+    epoch 1 ends with, and checkpointing does not disturb training."""
+    import dataclasses
+
+    base = tiny_run_config(tmp_path / "w", steps=None, n_train=16)
+    base = merge(base, {"method": {"name": "lora", "params": {"lora": {"rank": 4, "dropout": 0.0}}},
+                        "stages": {"finetune": {"schedule": "constant", "epochs": 3.0}}})
+    base.tasks, base.align = base.tasks[:1], []
+    epochs_cfg = merge(base, {"output_dir": str(tmp_path / "epochs")})
+    epochs_cfg.tasks = [dataclasses.replace(base.tasks[0], eval_every_epoch=True)]
+    calls = []
+
+    def evaluate(cfg, step, ckpt, run_id):
+        if step is not None and step.stage == "finetune":
+            calls.append((step.epoch, Path(ckpt).name))
+
+    out = ContinualRun(epochs_cfg, evaluate=evaluate, log=lambda s: None).run()
+    assert calls == [(1, "02-colour-epoch01"), (2, "02-colour-epoch02"), (0, "02-colour")]
+    summary = out[-1].summary
+    assert summary["total_steps"] == 6 and len(summary["losses"]) == 6  # one schedule
+    plain = ContinualRun(merge(base, {"output_dir": str(tmp_path / "plain")}),
+                         log=lambda s: None).run()
+    assert plain[-1].summary["losses"] == summary["losses"]  # training undisturbed
+    final = load_mllm(Path(out[-1].checkpoint) / "model").model.state_dict()
+    ref = load_mllm(Path(plain[-1].checkpoint) / "model").model.state_dict()
+    assert all(torch.equal(final[k], ref[k]) for k in ref)
+    # the epoch-1 checkpoint = the model of a run stopped after 2 steps (16 / 8 = 1 epoch)
+    short = ContinualRun(merge(base, {"output_dir": str(tmp_path / "short"),
+                                      "stages": {"finetune": {"max_steps": 2}}}),
+                         log=lambda s: None).run()
+    assert short[-1].summary["losses"] == summary["losses"][:2]
+    epoch1 = Path(out[-1].checkpoint).parent / "02-colour-epoch01"
+    got = load_mllm(epoch1 / "model").model.state_dict()  # a plain LLaVA: LoRA merged
+    want = load_mllm(Path(short[-1].checkpoint) / "model").model.state_dict()
+    assert got.keys() == want.keys()
+    assert all(torch.allclose(got[k], want[k], atol=1e-6) for k in want)
+    assert not (epoch1 / "method_state").exists()
+    # a rerun skips training and evaluates the same checkpoints again, in the same order
+    calls.clear()
+    again = ContinualRun(epochs_cfg, evaluate=evaluate, log=lambda s: None).run()
+    assert all(o.skipped for o in again)
+    assert calls == [(1, "02-colour-epoch01"), (2, "02-colour-epoch02"), (0, "02-colour")]
