@@ -189,3 +189,19 @@ def test_eval_every_epoch_checkpoints_inside_one_task(tmp_path):
     again = ContinualRun(epochs_cfg, evaluate=evaluate, log=lambda s: None).run()
     assert all(o.skipped for o in again)
     assert calls == [(1, "02-colour-epoch01"), (2, "02-colour-epoch02"), (0, "02-colour")]
+
+
+@pytest.mark.gpu
+def test_step_on_gpu_in_bf16_learns_and_saves_a_cpu_loadable_checkpoint(tmp_path):
+    from mllmcl_ray.train.strategies import make_strategy
+    from mllmcl_ray.train.task import run_step
+
+    cfg = merge(tiny_run_config(tmp_path, steps=6), {"trainer": {"use_gpu": True}})
+    strategy = make_strategy("none", cfg.trainer, torch.device("cuda", 0))
+    assert strategy.mixed_precision == "bf16"  # "auto" on a GPU
+    step = plan_steps(cfg)[1]  # the first VL task, from the base model
+    summary = run_step(cfg, step, None, tmp_path / "ckpt", strategy=strategy, progress=False)
+    losses = summary["losses"]
+    assert len(losses) == 6 and all(l == l for l in losses) and losses[-1] < losses[0]
+    back = load_mllm(tmp_path / "ckpt" / "model")
+    assert next(back.model.parameters()).device.type == "cpu"
