@@ -266,7 +266,7 @@ class RayBackend:
         if not pos.exists():
             raise RuntimeError(f"Ray Train finished step {step.key} without writing {pos}")
         summary = json.loads(pos.read_text())
-        summary["ray_path"] = str(getattr(self.last_result, "path", ""))
+        summary["ray_path"] = str(self.last_result.path)
         return summary
 
 
