@@ -14,8 +14,8 @@ Rows are keyed; re-appending a key is skipped (reruns skip what is there):
 * :class:`ResultStore` (``root/``): one row per scored metric, key
   ``(run_id, trained_task_index, eval_task, dataset, metric, epoch)``. ``epoch`` is 0 for
   the end of a task and e ≥ 1 for an evaluation after epoch e inside it (EMT protocol,
-  `TaskSpec.eval_every_epoch`); a row given without it, and a part written before the
-  column existed, read as epoch 0.
+  `TaskSpec.eval_every_epoch`); a row given without it (or with None), and a part written
+  before the column existed, read as epoch 0.
 * :class:`PredictionStore` (``root/predictions/``): one row per scored sample, key
   ``(run_id, trained_task_index, eval_task, dataset, sample_id)``.
 
@@ -152,8 +152,8 @@ class _PartStore:
         for i, row in enumerate(rows):
             if not isinstance(row, Mapping):
                 raise ValueError(f"{self.kind} {i}: expected a dict, got {type(row).__name__}")
-            if self.defaults:
-                row = {**self.defaults, **row}
+            if self.defaults:  # an omitted (or None) defaulted column takes its default
+                row = {**row, **{c: v for c, v in self.defaults.items() if row.get(c) is None}}
             where = f"{self.kind} {i} {_short(row, self.key)}"
             missing = [c for c in names if c not in row]
             if missing:
