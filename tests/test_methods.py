@@ -42,7 +42,7 @@ from mllmcl_ray.methods.moelora import (
 )
 from mllmcl_ray.methods.rehearsal import Rehearsal, RehearsalParams
 from mllmcl_ray.methods.soft_targets import soft_target_loss
-from mllmcl_ray.models.build import build_mllm, load_mllm, unwrap
+from mllmcl_ray.models.build import build_mllm, unwrap
 from mllmcl_ray.models.tokenizers import train_bpe_tokenizer
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
@@ -549,9 +549,6 @@ class _Probe(ContinualMethod):
             logits = training_module(mllm.model)(batch["input_ids"], batch["attention_mask"],
                                                  pixel_values=batch["pixel_values"])
         _Probe.seen[ctx.task_name] = (self._samples, logits)
-
-    def snapshot_model(self, mllm):  # the probe runs first: its snapshot is the input
-        return mllm
 
 
 BATTERY_PARAMS = {

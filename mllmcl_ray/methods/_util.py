@@ -7,7 +7,7 @@ import zlib
 
 import numpy as np
 
-from ..models.training import MLLMForTraining, forward_batch, llava_of  # noqa: F401
+from ..models.training import MLLMForTraining, forward_batch
 
 
 def seeded_sample(n: int, k: int, seed: int, key: str) -> list[int]:
