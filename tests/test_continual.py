@@ -205,3 +205,42 @@ def test_step_on_gpu_in_bf16_learns_and_saves_a_cpu_loadable_checkpoint(tmp_path
     assert len(losses) == 6 and all(l == l for l in losses) and losses[-1] < losses[0]
     back = load_mllm(tmp_path / "ckpt" / "model")
     assert next(back.model.parameters()).device.type == "cpu"
+
+
+def test_callbacks_see_every_hook_in_order(tmp_path):
+    from mllmcl_ray.train.callbacks import TrainCallback
+    from mllmcl_ray.train.task import run_step
+
+    class Record(TrainCallback):
+        def __init__(self):
+            self.log = []
+
+        def on_stage_start(self):
+            self.log.append(("start", self.state.step.key, self.state.rank))
+
+        def on_step_end(self, step, loss):
+            self.log.append(("step", step))
+
+        def on_log(self, metrics):
+            self.log.append(("log", metrics["step"]))
+
+        def on_checkpoint(self, step, optimizer_state):
+            self.log.append(("ckpt", step, sorted(optimizer_state)))
+
+        def on_epoch_end(self, epoch, step):
+            self.log.append(("epoch", epoch, step))
+
+        def on_train_end(self):
+            self.log.append(("end",))
+
+        def on_save(self, path):
+            self.log.append(("save", Path(path).name))
+
+    # 16 samples, global batch 8: 2 steps an epoch, 2 epochs = 4 steps
+    cfg = merge(tiny_run_config(tmp_path, n_train=16),
+                {"trainer": {"log_every": 2, "checkpoint_every": 3}})
+    rec = Record()
+    run_step(cfg, plan_steps(cfg)[1], None, tmp_path / "ck", callbacks=[rec], progress=False)
+    assert rec.log == [("start", "02-colour", 0), ("step", 1), ("step", 2), ("log", 2),
+                       ("epoch", 1, 2), ("step", 3), ("ckpt", 3, ["optimizer", "scheduler"]),
+                       ("step", 4), ("log", 4), ("epoch", 2, 4), ("end",), ("save", "ck")]
