@@ -114,6 +114,9 @@ class TaskSpec:
     name: str = ""  # task name (e.g. "vqa")
     train: list[DataSource] = field(default_factory=list)  # training data (mixed)
     eval: list[EvalSet] = field(default_factory=list)  # evaluation sets (may be empty)
+    # EMT protocol: also checkpoint and evaluate at each epoch end inside the task (one lr
+    # schedule, optimizer and adapter); rows carry epoch 1..E-1, the task end is epoch 0
+    eval_every_epoch: bool = False
 
 
 # ---------------------------------------------------------------------------------------

@@ -12,7 +12,10 @@ neither lose rows nor write a key twice.
 Rows are keyed; re-appending a key is skipped (reruns skip what is there):
 
 * :class:`ResultStore` (``root/``): one row per scored metric, key
-  ``(run_id, trained_task_index, eval_task, dataset, metric)``.
+  ``(run_id, trained_task_index, eval_task, dataset, metric, epoch)``. ``epoch`` is 0 for
+  the end of a task and e ≥ 1 for an evaluation after epoch e inside it (EMT protocol,
+  `TaskSpec.eval_every_epoch`); a row given without it (or with None), and a part written
+  before the column existed, read as epoch 0.
 * :class:`PredictionStore` (``root/predictions/``): one row per scored sample, key
   ``(run_id, trained_task_index, eval_task, dataset, sample_id)``.
 
@@ -39,6 +42,7 @@ import pyarrow.parquet as pq
 __all__ = [
     "RESULT_SCHEMA",
     "RESULT_KEY",
+    "RESULT_DEFAULTS",
     "PREDICTION_SCHEMA",
     "PREDICTION_KEY",
     "ResultStore",
@@ -69,9 +73,12 @@ RESULT_SCHEMA = pa.schema(
         ("eval_set_hash", pa.string()),
         ("prompt_version", pa.string()),
         ("decoding", pa.string()),
+        ("epoch", pa.int64()),
     ]
 )
-RESULT_KEY = ("run_id", "trained_task_index", "eval_task", "dataset", "metric")
+RESULT_KEY = ("run_id", "trained_task_index", "eval_task", "dataset", "metric", "epoch")
+# columns a row may leave out (older writers), with the value they then take
+RESULT_DEFAULTS = {"epoch": 0}
 
 PREDICTION_SCHEMA = pa.schema(
     [
@@ -122,6 +129,7 @@ class _PartStore:
 
     schema: pa.Schema
     key: tuple[str, ...]
+    defaults: Mapping[str, Any] = {}  # columns a row may omit -> their value
     kind = "row"
 
     def __init__(self, directory: str | os.PathLike):
@@ -144,6 +152,8 @@ class _PartStore:
         for i, row in enumerate(rows):
             if not isinstance(row, Mapping):
                 raise ValueError(f"{self.kind} {i}: expected a dict, got {type(row).__name__}")
+            if self.defaults:  # an omitted (or None) defaulted column takes its default
+                row = {**row, **{c: v for c, v in self.defaults.items() if row.get(c) is None}}
             where = f"{self.kind} {i} {_short(row, self.key)}"
             missing = [c for c in names if c not in row]
             if missing:
@@ -232,12 +242,26 @@ class _PartStore:
                 self._key_cache[part.name] = {tuple(r[c] for c in self.key) for r in new}
             return len(new)
 
+    def _read_part(self, path: Path, columns: Sequence[str] | None = None) -> pa.Table:
+        """One part, with a column it predates filled with its default (``defaults``)."""
+        have = set(pq.read_schema(path).names)
+        want = list(columns) if columns else list(self.schema.names)
+        t = pq.read_table(path, columns=[c for c in want if c in have])
+        for c in want:
+            if c not in have:
+                if c not in self.defaults:
+                    raise ValueError(f"{path}: column {c!r} is missing")
+                t = t.append_column(self.schema.field(c),
+                                    pa.array([self.defaults[c]] * t.num_rows,
+                                             type=self.schema.field(c).type))
+        return t.select(want)
+
     def _read_table(self, columns: Sequence[str] | None = None) -> pa.Table:
         parts = self._parts()
         if not parts:
             schema = self.schema if columns is None else pa.schema([self.schema.field(c) for c in columns])
             return schema.empty_table()
-        tables = [pq.read_table(p, columns=list(columns) if columns else None) for p in parts]
+        tables = [self._read_part(p, columns) for p in parts]
         return pa.concat_tables(tables)
 
     def read(self, filters: Mapping[str, Any] | None = None, columns: Sequence[str] | None = None):
@@ -264,16 +288,22 @@ class _PartStore:
         for p in self._parts():
             ks = self._key_cache.get(p.name)
             if ks is None:
-                t = pq.read_table(p, columns=list(self.key))
+                t = self._read_part(p, self.key)
                 cols = [t[c].to_pylist() for c in self.key]
                 ks = set(zip(*cols))
                 self._key_cache[p.name] = ks
             out |= ks
-        return out
+        return out | self._legacy_keys(out)
+
+    def _legacy_keys(self, keys: set[tuple]) -> set[tuple]:
+        """Nothing here; ResultStore adds the key without ``epoch`` for epoch-0 rows."""
+        return set()
 
     def has(self, key: Sequence[Any]) -> bool:
         """Whether a row with this key is stored."""
         key = tuple(key)
+        if self.defaults and len(key) == len(self.key) - len(self.defaults):
+            key = key + tuple(self.defaults[c] for c in self.key[len(key):])
         if len(key) != len(self.key):
             raise ValueError(f"key must have {len(self.key)} parts {self.key}, got {key!r}")
         return key in self.keys()
@@ -287,11 +317,17 @@ class ResultStore(_PartStore):
 
     schema = RESULT_SCHEMA
     key = RESULT_KEY
+    defaults = RESULT_DEFAULTS
     kind = "result row"
 
     def __init__(self, root: str | os.PathLike):
         super().__init__(root)
         self.root = Path(root)
+
+    def _legacy_keys(self, keys: set[tuple]) -> set[tuple]:
+        """End-of-task (epoch 0) rows also answer to their key without ``epoch``, the key
+        callers written before the column existed look up (``has`` takes either form)."""
+        return {k[:-1] for k in keys if k[-1] == 0}
 
 
 class PredictionStore(_PartStore):

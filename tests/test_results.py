@@ -312,3 +312,30 @@ def test_summary_table(tmp_path):
     only_acc = R.summary_table(store.read(), metrics=["accuracy"])
     assert "vqa/vqav2 [judge_score]" not in only_acc.columns
     assert R.summary_table(store.read({"run_id": "none"})).empty
+
+
+def test_epoch_column_keys_epochs_and_reads_parts_written_before_it(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store = R.ResultStore(tmp_path)
+    # a part written before the column existed (its schema has no `epoch`)
+    old_schema = pa.schema([f for f in R.RESULT_SCHEMA if f.name != "epoch"])
+    pq.write_table(pa.Table.from_pylist([row(k=2, eval_task="vqa", dataset="vqav2")],
+                                        schema=old_schema),
+                   tmp_path / "part-00000000000000000001-old.parquet")
+    df = store.read()
+    assert list(df["epoch"]) == [0] and df["value"].tolist() == [0.5]
+    assert ("r1", 2, "vqa", "vqav2", "accuracy", 0) in store.keys()
+    assert store.has(("r1", 2, "vqa", "vqav2", "accuracy", 0))
+    assert store.has(("r1", 2, "vqa", "vqav2", "accuracy"))  # the key without epoch = epoch 0
+    # the same metric after epochs 1 and 2 of task 2 are rows of their own; the task end
+    # (epoch 0, also what a row without `epoch` means) is there already
+    assert store.append([row(k=2, eval_task="vqa", dataset="vqav2", value=0.2, epoch=1),
+                         row(k=2, eval_task="vqa", dataset="vqav2", value=0.3, epoch=2),
+                         row(k=2, eval_task="vqa", dataset="vqav2", value=0.9)]) == 2
+    df = store.read(filters={"run_id": "r1"}).sort_values("epoch")
+    assert df["epoch"].tolist() == [0, 1, 2] and df["value"].tolist() == [0.5, 0.2, 0.3]
+    assert store.read(filters={"epoch": 1})["value"].tolist() == [0.2]
+    assert not store.has(("r1", 2, "vqa", "vqav2", "accuracy", 3))
+    assert R.RESULT_KEY[-1] == "epoch" and R.RESULT_SCHEMA.field("epoch").type == pa.int64()

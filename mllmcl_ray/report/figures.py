@@ -575,9 +575,16 @@ def table_cl_metrics(df: pd.DataFrame) -> go.Figure | None:
 # ======================================================================================
 
 
+def _has_epochs(sub: pd.DataFrame) -> bool:
+    """Rows scored inside tasks (results ``epoch`` ≥ 1, `TaskSpec.eval_every_epoch`);
+    0 everywhere means end-of-task rows only."""
+    return ("epoch" in sub.columns and sub["epoch"].notna().all()
+            and bool((sub["epoch"].fillna(0) > 0).any()))
+
+
 def _stage(sub: pd.DataFrame) -> pd.Series:
     """x position of a row: its ``epoch`` column where present, else trained_task_index."""
-    if "epoch" in sub.columns and sub["epoch"].notna().all():
+    if _has_epochs(sub):
         return sub["epoch"].astype(float)
     return sub["trained_task_index"].astype(float)
 
@@ -604,7 +611,7 @@ def fig_emt(df: pd.DataFrame) -> go.Figure | None:
     emt = emt.assign(stage=_stage(emt))
     stage_names = (emt.groupby("stage")["trained_task"]
                    .agg(lambda s: "/".join(dict.fromkeys(map(str, s)))).to_dict())
-    use_epoch = "epoch" in emt.columns and emt["epoch"].notna().all()
+    use_epoch = _has_epochs(emt)
     xmin, xmax = float(emt["stage"].min()), float(emt["stage"].max())
     colors = _colors(runs["label"])
     shown: set = set()
