@@ -28,6 +28,7 @@ import pandas as pd
 
 from ..config import EvalConfig, EvalSet
 from .engine.base import Engine, decoding_json, engine_factory
+from .kinds import get_kind
 from .suites.common import SuiteResult
 
 RUN_META_COLUMNS = ("run_id", "study", "model", "scale", "method", "method_params", "seed")
@@ -126,9 +127,9 @@ class Evaluator:
             judge = self._judge is not None
             for t_idx, t_name, sets in vl_tasks:
                 for es in sets:
+                    ms = ("accuracy", *get_kind(es.kind).outcome_metrics.values())
                     out.append(PlannedSet("vl", t_name, int(t_idx), es,
-                                          ("accuracy", "judge_score") if judge else ("accuracy",),
-                                          judge))
+                                          (*ms, "judge_score") if judge else ms, judge))
         for t_idx, t_name, sets in emt_tasks:
             for es in sets:
                 ms = ("emt_exact", "emt_judge") if self._judge is not None else ("emt_exact",)
