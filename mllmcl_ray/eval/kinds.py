@@ -10,7 +10,8 @@ An `EvalKind` says, for one ``EvalSet.kind``:
 * ``outcome``: optional ``(prediction, reference) -> str`` per-sample outcome; each
   outcome named in ``outcome_metrics`` becomes a result metric (the share of samples
   with that outcome), e.g. ``grounding_truncated``;
-* ``source``: where the rule comes from (paper section or released file), for docs.
+* ``source``: where the rule comes from (paper section or released file), for docs;
+* ``judge_rule``: the CoIN judge rule for its answers (``CoIN_Grounding`` for boxes).
 
 Adding a kind: one `register(EvalKind(...))` call here and its test in
 tests/test_eval_suites.py; the VL suite, the evaluator, config validation and
@@ -85,6 +86,7 @@ class EvalKind:
     outcome: Callable[[str, Any], str] | None = None  # per-sample outcome label
     outcome_metrics: dict[str, str] = field(default_factory=dict)  # outcome -> metric name
     prefix_match: bool = False  # NL kinds: a dataset name starting with the kind matches
+    judge_rule: str = "CoIN"  # CoIN judge rule (rule.json key) for this kind's answers
 
     def score(self, prediction: str, ref: Any) -> float:
         if self.scorer is None:
@@ -185,7 +187,7 @@ register(EvalKind(
     "CoIN App. E and eval_grounding.py (iou > 0.5); Srivastava App. B.3 RefCOCO",
     max_new_tokens=40, reference=_bbox, reference_field="bbox [x1, y1, x2, y2] in [0, 1]",
     scorer=lambda p, r: float(scoring.grounding_correct(p, r)),
-    outcome=scoring.grounding_outcome,
+    outcome=scoring.grounding_outcome, judge_rule="CoIN_Grounding",
     outcome_metrics={scoring.GROUNDING_TRUNCATED: "grounding_truncated",
                      scoring.GROUNDING_UNPARSEABLE: "grounding_unparseable"}))
 register(EvalKind(

@@ -49,9 +49,9 @@ Sources
   TRI's vlm-evaluation (Srivastava App. B.3) uses ``>= 0.5``: ``inclusive=True``.
   Boxes are normalised ``[x1, y1, x2, y2]`` in [0, 1].
 * LLM judge (CoIN §3.1.3 "Reasoning Capability"): the judge returns a score 0..10 and
-  the task score is ``100 · Σ score / (10 · N)``. CoIN's own script counts unparseable
-  replies as 0 in N; here they are excluded and counted (``unparseable_as_zero=True``
-  reproduces CoIN).
+  the task score is ``100 · Σ score / (10 · N)``. Replies are read by CoIN's
+  ``evaluate_score.py`` rule (:func:`coin_judge_score`) and unparseable ones count 0 in
+  N, as there; their number is reported beside (``judge_unparseable``).
 * EMT (Zhai et al., §4 and §4.2, §7 "Post-processing the outputs"): the MLLM is asked for
   a single label; outputs are classed as correct / wrong (incorrect prediction) /
   intrinsic hallucination (names several labels) / extrinsic hallucination (names no
@@ -88,6 +88,10 @@ __all__ = [
     "box_truncated",
     "grounding_outcome",
     "coin_judge_score",
+    "GROUNDING_HIT",
+    "GROUNDING_MISS",
+    "GROUNDING_TRUNCATED",
+    "GROUNDING_UNPARSEABLE",
     "exact_match",
     "classification_match",
     "classification_accuracy",
@@ -205,15 +209,16 @@ def vqa_accuracy(prediction: str, answers: Sequence[str], *, official_gt: bool =
     * any other count: ``min(#matches / 3, 1)`` over all answers (a documented
       simplification; see the module docstring). No answers → ``ValueError``.
 
-    ``official_gt=True`` processes reference answers as vqaEval.py does (punctuation only,
-    and only when the references disagree); by default they get the full normalisation.
+    ``official_gt=True`` processes reference answers as vqaEval.py did before 2021 and as
+    LAVIS / vlm-evaluation do (as stored, ``processPunctuation`` only, and only when the
+    references disagree); by default they get the full normalisation.
     """
     answers = [str(a) for a in answers]
     if not answers:
         raise ValueError("vqa_accuracy: no reference answers")
     pred = normalize_answer(prediction)
-    if official_gt:
-        refs = [a.replace("\n", " ").replace("\t", " ").strip() for a in answers]
+    if official_gt:  # vqaEval.py before 2021: references as stored (no strip)
+        refs = list(answers)
         if len(set(refs)) > 1:
             refs = [process_punctuation(a) for a in refs]
     else:
@@ -529,19 +534,45 @@ def parse_judge_score(reply: str) -> float | None:
     return None
 
 
+_COIN_FIRST_DIGIT = re.compile(r"[1-9]")
+
+
+def coin_judge_score(reply: str) -> float | None:
+    """A judge reply's score by CoIN's ``ETrain/Eval/evaluate_score.py``, or None where
+    that script adds nothing to the sum (the reply then counts 0 in N):
+
+    1. ``float(reply)`` (Python's float: surrounding whitespace allowed): the value if
+       ≤ 10, else None;
+    2. else, if the reply has a "/": the text before it if ``isnumeric()`` and ≤ 10
+       ("7/10" → 7), else None;
+    3. else the first digit 1–9 anywhere in the reply ("Score: 8" → 8; note "Score: 10"
+       → 1 and "Score: 0" → None, as released).
+    """
+    t = str(reply)
+    try:
+        v = float(t)
+    except ValueError:
+        if "/" in t:
+            head = t.split("/")[0]
+            return float(head) if head.isnumeric() and float(head) <= 10.0 else None
+        m = _COIN_FIRST_DIGIT.search(t)
+        return float(m.group(0)) if m else None
+    return v if v <= 10.0 else None
+
+
 class JudgeTaskScore(NamedTuple):
     score: float  # 100 · Σ s / (10 · N), NaN if nothing was scored
     n_scored: int
     n_unparseable: int
 
 
-def judge_task_score(scores: Iterable[float | str | None], *, unparseable_as_zero: bool = False) -> JudgeTaskScore:
+def judge_task_score(scores: Iterable[float | str | None], *, unparseable_as_zero: bool = True) -> JudgeTaskScore:
     """Task score from per-sample judge scores: ``100 · Σ s / (10 · N)``.
 
     Items are parsed scores (float), raw replies (str, parsed with
-    :func:`parse_judge_score`) or None (unparseable). By default unparseable items are
-    left out of N and counted in ``n_unparseable``; ``unparseable_as_zero=True`` counts
-    them as 0 as CoIN's evaluate script does.
+    :func:`parse_judge_score`) or None (unparseable). By default (CoIN's
+    ``evaluate_score.py``) unparseable items count 0 in N; their number is
+    ``n_unparseable`` either way. ``unparseable_as_zero=False`` leaves them out of N.
     """
     vals: list[float] = []
     bad = 0

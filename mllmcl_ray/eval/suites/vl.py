@@ -91,12 +91,15 @@ def record_conversation(rec: dict, ocr: bool) -> list[dict]:
     return convs
 
 
-def judge_question(rec: dict) -> str:
+def judge_question(rec: dict, full: bool = False) -> str:
     """The question as CoIN's judge sees it: the first human message without the image
-    placeholder and without its last line (the answer-format instruction)."""
+    placeholder and without its last line (the answer-format instruction); ``full``
+    keeps every line (create_prompt.py's Grounding branch)."""
     text = next(t["value"] for t in rec["conversations"] if t["from"] == "human")
     text = text.replace("<image>", "").strip()
     lines = text.split("\n")
+    if full:
+        return text
     return "\n".join(lines[:-1]).strip() if len(lines) > 1 else text
 
 
@@ -134,7 +137,8 @@ def run_vl_set(engine, eval_set: EvalSet, *, template=None, seed: int = 0,
     for rec, req, out in zip(records, reqs, outs):
         ref = kind.reference(rec)
         p = {"id": rec["id"], "prompt": req.prompt, "prediction": out, "reference": ref,
-             "score": kind.score(out, ref), "question": judge_question(rec),
+             "score": kind.score(out, ref),
+             "question": judge_question(rec, full=kind.judge_rule == "CoIN_Grounding"),
              "answer": gt_answer(rec)}
         if kind.outcome is not None:
             p["outcome"] = kind.outcome(out, ref)
