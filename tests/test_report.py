@@ -337,15 +337,19 @@ def test_cl_metrics_table_coin_layout(full):
     t = fig["data"][0]
     cols = t["meta"]["columns"]
     assert cols[:5] == ["study", "method", "model", "seeds", "line"]
-    assert cols[-4:] == ["MAA", "BWT", "MFT", "MFN"]
+    assert cols[-4:] == ["MAA", "BWT (CoIN, 1/T)", "MFT", "MFN"]
     assert {"llava", "vqa", "ocr", "ref"} <= set(cols)
     cells = dict(zip(cols, t["cells"]["values"]))
     i = next(i for i, (m, mo) in enumerate(zip(cells["method"], cells["model"]))
              if m.startswith("msgm+rehearsal") and mo == "micro-s")
     summ = M.cl_summary(df).set_index("run_id").loc["cl/micro-s/msgm+rehearsal/s0"]
-    for c in ("maa", "bwt", "mft", "mfn"):
+    for c in ("maa", "mft", "mfn"):
         assert cells[c.upper()][i] == f"{summ[c] * 100:.2f}"
     tasks, m = M.accuracy_matrix(df, "cl/micro-s/msgm+rehearsal/s0", exclude=("nl",))
+    # CoIN's printed BWT: Σ_{t<T}(a[T][t] − a[t][t]) / T, here T = 3 tasks
+    coin_bwt = sum(m[2, j] - m[j, j] for j in range(2)) / 3
+    assert cells["BWT (CoIN, 1/T)"][i] == f"{coin_bwt * 100:.2f}"
+    assert abs(summ["bwt"] - coin_bwt) > 1e-6  # GEM's 1/(T−1) differs
     assert cells["line"][i].startswith("after learning") and cells["line"][i + 1].startswith("final")
     for j, task in enumerate(tasks):
         assert cells[task][i] == f"{m[j, j] * 100:.2f}"  # a[t][t]
