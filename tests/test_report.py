@@ -428,3 +428,105 @@ def test_report_main_cli(tmp_path, capsys):
     assert sorted(p.name for p in out.parent.iterdir()) == ["rep.html"]
     assert report_main([str(tmp_path / "missing"), "-o", str(out)]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------
+# paper claims table (report/claims.py)
+# --------------------------------------------------------------------------------------
+from mllmcl_ray.report import claims as C  # noqa: E402
+
+NL4 = {"lambada": "nlg", "arc_easy": "nlu", "arc_challenge": "nlu", "winogrande": "nlu"}
+
+
+def _claim_run(rows, *, method, seed, recipe, dg, du, vl=None, zero_shot=None, model="pythia-160m"):
+    """A run whose NL accuracies fall from 0.6 by dg (Lambada) and du (each NLU set), so
+    Δ_NLG = dg and Δ_NLU = du exactly; VL accuracy `vl` after its task, `zero_shot` after
+    alignment."""
+    run = dict(run_id=f"{recipe}/{model}/{method}/s{seed}", study=recipe, model=model,
+               scale=1.6e8, method=method, seed=seed)
+    last = (2, "llava") if recipe == "llava" else (3, "vqa")
+    for ds, split in NL4.items():
+        rows.append(_row(run, 1, "base", "nl", 1, ds, split, "accuracy", 0.6))
+        rows.append(_row(run, last[0], last[1], "nl", 1, ds, split, "accuracy",
+                         0.6 - (dg if split == "nlg" else du)))
+    task = "llava" if recipe == "llava" else "vqa"
+    if vl is not None:
+        rows.append(_row(run, last[0], last[1], task, last[0], "vqav2", "vl", "accuracy", vl))
+    if zero_shot is not None:
+        rows.append(_row(run, 1, "zero_shot", task, last[0], "vqav2", "vl", "accuracy", zero_shot))
+
+
+def _hm_delta(dg, du):  # Δ_NL with the harmonic ω over 1 NLG + 3 NLU sets, base 0.6
+    return 0.6 - 4 / (1 / (0.6 - dg) + 3 / (0.6 - du))
+
+
+def _df(rows):
+    import pandas as pd
+    return pd.DataFrame(rows)
+
+
+def test_claims_hold_with_exact_numbers():
+    rows = []
+    for s, (dg_n, dg_st) in enumerate([(0.20, 0.05), (0.15, 0.02)]):
+        _claim_run(rows, method="naive", seed=s, recipe="llava", dg=dg_n, du=0.02, vl=0.40,
+                   zero_shot=0.01)
+        _claim_run(rows, method="soft_targets", seed=s, recipe="llava", dg=dg_st, du=0.0,
+                   vl=0.35, zero_shot=0.01)
+        _claim_run(rows, method="naive", seed=s, recipe="continual", dg=0.3, du=0.05)
+        _claim_run(rows, method="msgm+rehearsal", seed=s, recipe="continual", dg=0.1, du=0.0)
+    t = C.claims_table(_df(rows)).set_index("claim")
+    assert set(t["verdict"]) == {C.HOLDS}
+    assert (t["seeds"] == 2).all()
+    st = t.loc[C.CLAIMS["soft_targets_below_naive_llava"].text, "this run"]
+    g = [100 * (_hm_delta(0.20, 0.02) - _hm_delta(0.05, 0.0)),
+         100 * (_hm_delta(0.15, 0.02) - _hm_delta(0.02, 0.0))]
+    assert st == f"{np.mean(g):.2f} ± {np.std(g, ddof=1):.2f} (s0: {g[0]:.2f}, s1: {g[1]:.2f})"
+    # NLG − NLU per seed: mean over the 4 runs of that seed (points)
+    nl = C.nlg_minus_nlu(_df(rows))
+    assert nl[0] == pytest.approx(100 * np.mean([0.20 - 0.02, 0.05, 0.3 - 0.05, 0.1]))
+    # fine-tuned 0.40 / 0.35 vs zero-shot 0.01 on the LLaVA runs: mean 36.5 points per seed
+    assert C.finetuned_minus_zero_shot(_df(rows)) == {0: pytest.approx(36.5), 1: pytest.approx(36.5)}
+    md = C.claims_markdown(_df(rows))
+    assert md.count("| holds |") == 4 and "Srivastava et al. Table 1" in md
+
+
+def test_claims_fail_and_lack_seeds():
+    rows = []
+    # seed 1: Soft Targets forget more than naive -> the claim does not hold
+    for s, (dg_n, dg_st) in enumerate([(0.20, 0.05), (0.05, 0.20)]):
+        _claim_run(rows, method="naive", seed=s, recipe="llava", dg=dg_n, du=0.0)
+        _claim_run(rows, method="soft_targets", seed=s, recipe="llava", dg=dg_st, du=0.0)
+    # continual recipe: one seed only
+    _claim_run(rows, method="naive", seed=0, recipe="continual", dg=0.3, du=0.0)
+    _claim_run(rows, method="msgm+rehearsal", seed=0, recipe="continual", dg=0.1, du=0.0)
+    t = C.claims_table(_df(rows)).set_index("claim")
+    v = t["verdict"]
+    assert v[C.CLAIMS["soft_targets_below_naive_llava"].text] == C.DOES_NOT_HOLD
+    assert v[C.CLAIMS["msgm_rehearsal_below_naive_continual"].text] == C.NOT_ENOUGH_SEEDS
+    # no zero-shot rows: nothing measured
+    zs = C.CLAIMS["vl_finetuned_above_zero_shot"].text
+    assert v[zs] == C.NOT_ENOUGH_SEEDS and t.loc[zs, "this run"] == "no rows"
+    # a small fine-tuning gain (5 points) is not "≫" (threshold 10)
+    rows2 = []
+    for s in (0, 1):
+        _claim_run(rows2, method="naive", seed=s, recipe="llava", dg=0.1, du=0.0, vl=0.30,
+                   zero_shot=0.25)
+    assert C.claims_table(_df(rows2), ["vl_finetuned_above_zero_shot"])["verdict"][0] == C.DOES_NOT_HOLD
+    assert C.verdict([1.0, -0.1]) == C.DOES_NOT_HOLD and C.verdict([0.5, 0.2]) == C.HOLDS
+    with pytest.raises(KeyError, match="unknown claim"):
+        C.claims_table(_df(rows), ["nope"])
+
+
+def test_results_cli_prints_claims(tmp_path, capsys):
+    from mllmcl_ray.cli import main
+
+    rows = []
+    for s in (0, 1):
+        _claim_run(rows, method="naive", seed=s, recipe="llava", dg=0.2, du=0.0)
+        _claim_run(rows, method="soft_targets", seed=s, recipe="llava", dg=0.05, du=0.0)
+    write_store(tmp_path / "res", rows)
+    assert main(["results", "--claims", str(tmp_path / "res")]) == 0
+    out = capsys.readouterr().out
+    assert "## Paper claims" in out
+    line = next(x for x in out.splitlines() if "Soft Targets forget less" in x)
+    assert line.rstrip().endswith("| holds |")
