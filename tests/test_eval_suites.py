@@ -459,3 +459,16 @@ def test_ray_actor_pool_streams_rows(world, tmp_path, ray_cluster):
     assert set(df.run_id) == {"r1", "r2"} and set(df.dataset) == {"arc_easy", "vqa"}
     assert len(preds.read()) == 2 * (2 + 3)
     assert len(evaluate_many(jobs, store=store, predictions=preds, cfg=cfg, num_actors=1)) == 0
+
+
+def test_docs_list_every_eval_kind_with_its_source():
+    from pathlib import Path
+
+    from mllmcl_ray.eval import kinds
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "evaluation.md").read_text()
+    table = text.split("## Eval kinds")[1].split("###")[0]
+    for name, k in kinds.KINDS.items():
+        assert f"`{name}`" in table, name
+    for task in ("ScienceQA", "TextVQA", "ImageNet", "GQA", "VizWiz", "Grounding", "VQAv2", "OCR-VQA"):
+        assert f"| {task} |" in text.split("### CoIN task → scorer")[1]

@@ -184,8 +184,11 @@ def test_report_file_structure(full):
     for cite in ("Fig. 2a", "Fig. 2b", "Fig. 3b", "Fig. 4a", "CoIN §3.1.3", "CoIN Tables 2–9", "Zhai et al."):
         assert cite in text
     # plain summary table, one row per config
-    summary = text.split('id="section-summary"')[1]
+    summary = text.split('id="section-summary"')[1].split('id="section-claims"')[0]
     assert summary.count("<tr") == 1 + 9
+    # the report ends with the paper-claims table: header + one row per registered claim
+    claims = text.split('id="section-claims"')[1]
+    assert claims.count("<tr") == 1 + 4 and "Paper claims" in claims
     # atomic write leaves no temp file
     assert [p.name for p in full["out"].parent.iterdir()] == ["report.html"]
 
