@@ -560,3 +560,13 @@ def test_grounding_outcome_separates_truncated_boxes(text, outcome):
     ("Score: 0", None), ("I cannot tell", None), ("12/10", None)])
 def test_coin_judge_score_is_evaluate_score_py(reply, value):
     assert S.coin_judge_score(reply) == value
+
+
+def test_vqa_norm_for_raw_references():
+    """The micro world's references are raw words ("two", "at the top"): the official rule
+    (kind vqa) never matches a correct "two" against ten raw "two" (the prediction becomes
+    "2"); vqa_norm normalises both sides."""
+    assert K.get_kind("vqa").score("two", ["two"] * 10) == 0.0
+    assert K.get_kind("vqa_norm").score("two", ["two"] * 10) == 1.0
+    assert K.get_kind("vqa_norm").score("2", ["two"] * 7 + ["2"] * 3) == 1.0
+    assert K.get_kind("vqa_norm").score("at top", ["at the top"] * 10) == 1.0

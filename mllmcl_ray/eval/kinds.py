@@ -191,6 +191,13 @@ register(EvalKind(
     outcome_metrics={scoring.GROUNDING_TRUNCATED: "grounding_truncated",
                      scoring.GROUNDING_UNPARSEABLE: "grounding_unparseable"}))
 register(EvalKind(
+    "vqa_norm", "vl", "VQA accuracy over the 10 answers with prediction and references fully "
+    "normalised (for references that were not normalised as VQAv2's annotations were: "
+    "the micro world's 'two' / '2')",
+    "vqaEval.py normalisation and leave-one-out accuracy (project rule for raw references)",
+    max_new_tokens=16, reference=_answers, reference_field="answers (else the gpt turn)",
+    scorer=scoring.vqa_accuracy))
+register(EvalKind(
     "exact", "vl", "exact match after full VQA normalisation (micro world tasks)",
     "vqaEval.py normalisation (project rule for single-answer synthetic tasks)",
     max_new_tokens=16, reference=_answer, reference_field="answer (else the gpt turn)",
