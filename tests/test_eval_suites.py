@@ -423,6 +423,12 @@ def test_evaluator_writes_all_columns_and_rerun_writes_none(world, tmp_path):
     judge_row = df[df.metric == "judge_score"].iloc[0]
     assert judge_row.split == "judge" and json.loads(judge_row.decoding)["judge"] == world["ckpt"]
     assert judge_row.eval_set_hash == vqa.eval_set_hash
+    # judge rows: CoIN's sampling and rule recorded; Grounding judged by CoIN_Grounding
+    dec = json.loads(judge_row.decoding)
+    assert dec["judge_sampling"]["temperature"] == 0.7 and dec["judge_rule"] == "CoIN"
+    ref_judge = df[(df.dataset == "refcoco") & (df.metric == "judge_score")].iloc[0]
+    assert ref_judge.prompt_version.endswith("/CoIN_Grounding")
+    assert {("vqa", "refcoco", "grounding_truncated"), ("vqa", "vqa", "judge_unparseable_count")} <= got
     assert df.checkpoint_id.eq(world["ckpt"]).all() and df.method_params.eq('{"lr": 0.0001}').all()
     assert len(preds.read()) == 2 + 2 + 2 + 3 + 2 + 3
     # rerun: nothing is computed (no engine built), nothing written
