@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from collections.abc import Callable
 
 from ...config import DataSource, EvalSet
 from ...data.instruct import read_instructions
