@@ -291,6 +291,11 @@ def test_judge_samples_as_coin_and_uses_the_grounding_rule():
     eng.gen_calls.clear()
     j.judge_answers([("q", "a", "a")])
     assert COIN_RULE in eng.gen_calls[0].prompt and COIN_GROUNDING_RULE not in eng.gen_calls[0].prompt
+    # EMT's yes/no decision stays greedy, and its rows say so
+    eng.gen_calls.clear()
+    j.judge_emt([("cat", "a cat")])
+    assert eng.gen_calls[0].temperature == 0.0
+    assert j.info("emt-judge-v1")["judge_sampling"]["greedy"] is True
 
 
 def test_emt_decisions(tmp_path):

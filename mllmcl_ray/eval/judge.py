@@ -204,19 +204,30 @@ class Judge:
             self._engine = self._factory()  # type: ignore[misc]
         return self._engine
 
-    def sampling(self) -> dict:
-        """The judge's sampling settings (recorded in every judge row)."""
-        greedy = self._sampling["temperature"] <= 0
-        return {**self._sampling, "do_sample": not greedy, "greedy": greedy}
+    def _settings(self, prompt_version: str) -> dict:
+        # CoIN's judge samples as CoIN does; EMT's yes/no decision stays greedy (EMT gives
+        # no settings for its GPT-3.5 judge)
+        if prompt_version == EMT_JUDGE_PROMPT_VERSION:
+            return {**GREEDY_SAMPLING, "max_new_tokens": self.max_new_tokens}
+        return self._sampling
+
+    def sampling(self, prompt_version: str = JUDGE_PROMPT_VERSION) -> dict:
+        """The judge's sampling settings for a prompt version (recorded in its rows)."""
+        sp = self._settings(prompt_version)
+        greedy = sp["temperature"] <= 0
+        return {**sp, "do_sample": not greedy, "greedy": greedy}
 
     def info(self, prompt_version: str = JUDGE_PROMPT_VERSION) -> dict:
         """What goes into the `decoding` column of judge rows."""
-        return {"judge": self.judge_id, "judge_prompt_version": prompt_version,
-                "judge_sampling": self.sampling(), "judge_system": self.system,
-                "judge_parser": "coin evaluate_score.py"}
+        out = {"judge": self.judge_id, "judge_prompt_version": prompt_version,
+               "judge_sampling": self.sampling(prompt_version), "judge_system": self.system}
+        if prompt_version == JUDGE_PROMPT_VERSION:
+            out["judge_parser"] = "CoIN evaluate_score.py"
+        return out
 
     def _key(self, prompt: str, prompt_version: str) -> str:
-        blob = json.dumps([self.judge_id, prompt_version, self.sampling(), self.system, prompt])
+        blob = json.dumps([self.judge_id, prompt_version, self.sampling(prompt_version),
+                           self.system, prompt])
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def replies(self, prompts: Sequence[str], prompt_version: str) -> list[str]:
@@ -226,7 +237,7 @@ class Judge:
         miss = sorted({k: i for i, k in enumerate(keys) if k not in got}.values())
         if miss:
             eng = self.engine
-            sp = self._sampling
+            sp = self._settings(prompt_version)
             reqs = [GenRequest(eng.chat_prompt(prompts[i], system=self.system), None,
                                self.max_new_tokens, temperature=sp["temperature"],
                                top_p=sp["top_p"], repetition_penalty=sp["repetition_penalty"])
