@@ -533,3 +533,14 @@ def test_results_cli_prints_claims(tmp_path, capsys):
     assert "## Paper claims" in out
     line = next(x for x in out.splitlines() if "Soft Targets forget less" in x)
     assert line.rstrip().endswith("| holds |")
+
+
+def test_claims_for_a_study_are_its_own():
+    import pandas as pd
+
+    assert C.claims_for(pd.DataFrame({"study": ["coin", "coin"]})) == ["vl_finetuned_above_zero_shot"]
+    assert C.claims_for(pd.DataFrame({"study": ["emt"]})) == []
+    assert C.claims_for(pd.DataFrame({"study": ["unlisted"]})) == list(C.CLAIMS)
+    assert len(C.claims_table(pd.DataFrame({"study": ["coin"], "eval_task": ["x"], "split": ["vl"],
+                                            "metric": ["accuracy"], "trained_task": ["t"],
+                                            "run_id": ["r"]}))) == 1

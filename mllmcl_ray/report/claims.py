@@ -182,6 +182,28 @@ register(Claim(
     finetuned_minus_zero_shot, threshold=10.0))
 
 
+# Which claims each study script reproduces (study specs may name their own list); a
+# report over rows of several studies shows the union, in registry order.
+STUDY_CLAIMS: dict[str, tuple[str, ...]] = {
+    "micro": tuple(CLAIMS),
+    "scale_pythia": tuple(CLAIMS),
+    "mitigation": ("nlg_forgets_more_than_nlu", "soft_targets_below_naive_llava",
+                   "msgm_rehearsal_below_naive_continual", "vl_finetuned_above_zero_shot"),
+    "coin": ("vl_finetuned_above_zero_shot",),
+    "emt": (),
+}
+
+
+def claims_for(df: pd.DataFrame) -> list[str]:
+    """The claims of the studies in `df` (`STUDY_CLAIMS`); every claim when a study is
+    not listed there."""
+    studies = set(df["study"].astype(str)) if df is not None and "study" in df.columns else set()
+    if not studies or any(s not in STUDY_CLAIMS for s in studies):
+        return list(CLAIMS)
+    wanted = {c for s in studies for c in STUDY_CLAIMS[s]}
+    return [c for c in CLAIMS if c in wanted]
+
+
 def get_claim(name: str) -> Claim:
     try:
         return CLAIMS[name]
@@ -199,10 +221,10 @@ def _fmt_values(values: dict[int, float]) -> str:
 
 
 def claims_table(df: pd.DataFrame, names: Iterable[str] | None = None) -> pd.DataFrame:
-    """One row per claim (`names`, default every registered claim): the columns of
+    """One row per claim (`names`, default `claims_for(df)`): the columns of
     `COLUMNS`; ``this run`` is "mean ± std (per seed)" of the claim's quantity."""
     rows = []
-    for name in (list(names) if names is not None else list(CLAIMS)):
+    for name in (list(names) if names is not None else claims_for(df)):
         c = get_claim(name)
         values = c.measure(df) if df is not None and not df.empty else {}
         rows.append({"claim": c.text, "source": c.source, "paper": c.paper,
