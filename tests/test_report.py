@@ -540,6 +540,8 @@ def test_claims_for_a_study_are_its_own():
 
     assert C.claims_for(pd.DataFrame({"study": ["coin", "coin"]})) == ["vl_finetuned_above_zero_shot"]
     assert C.claims_for(pd.DataFrame({"study": ["emt"]})) == []
+    assert C.claims_for(pd.DataFrame({"study": ["coin-alphabet-10type-vol0.4", "coin-baselines"]})) == [
+        "vl_finetuned_above_zero_shot"]
     assert C.claims_for(pd.DataFrame({"study": ["unlisted"]})) == list(C.CLAIMS)
     assert len(C.claims_table(pd.DataFrame({"study": ["coin"], "eval_task": ["x"], "split": ["vl"],
                                             "metric": ["accuracy"], "trained_task": ["t"],

@@ -194,13 +194,23 @@ STUDY_CLAIMS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _study_key(study: str) -> str | None:
+    """The STUDY_CLAIMS key of a study name: itself, or the key it extends with "-..."
+    (e.g. "coin-alphabet-10type-vol0.4", "coin-baselines" are "coin")."""
+    if study in STUDY_CLAIMS:
+        return study
+    keys = [k for k in STUDY_CLAIMS if study.startswith(k + "-")]
+    return max(keys, key=len) if keys else None
+
+
 def claims_for(df: pd.DataFrame) -> list[str]:
     """The claims of the studies in `df` (`STUDY_CLAIMS`); every claim when a study is
     not listed there."""
     studies = set(df["study"].astype(str)) if df is not None and "study" in df.columns else set()
-    if not studies or any(s not in STUDY_CLAIMS for s in studies):
+    keys = [_study_key(s) for s in studies]
+    if not keys or any(k is None for k in keys):
         return list(CLAIMS)
-    wanted = {c for s in studies for c in STUDY_CLAIMS[s]}
+    wanted = {c for k in keys for c in STUDY_CLAIMS[k]}
     return [c for c in CLAIMS if c in wanted]
 
 
