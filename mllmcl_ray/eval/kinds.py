@@ -166,7 +166,8 @@ register(EvalKind(
 register(EvalKind(
     "exact_ci", "vl", "case-insensitive exact match (CoIN VQAv2, VizWiz, OCR-VQA)",
     "CoIN eval_vqav2.py, eval_vizwiz.py, eval_ocrvqa.py",
-    max_new_tokens=48,  # OCR-VQA answers are book titles / author names reference=_answer, reference_field="answer (else the gpt turn)",
+    max_new_tokens=48,  # OCR-VQA answers are book titles / author names
+    reference=_answer, reference_field="answer (else the gpt turn)",
     scorer=scoring.exact_match_ci))
 register(EvalKind(
     "label_contain", "vl", "label contained in the answer or the answer in the label "
