@@ -78,6 +78,11 @@ def cmd_results(args) -> int:
     if df.empty:
         print(f"no results in {args.dir}", file=sys.stderr)
         return 1
+    if args.claims:
+        from .report.claims import claims_markdown
+
+        print(claims_markdown(df))
+        return 0
     import pandas as pd
 
     with pd.option_context("display.max_columns", 50, "display.width", 200,
@@ -194,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("results", help="print a summary table of a results directory")
     p.add_argument("dir")
+    p.add_argument("--claims", action="store_true",
+                   help="print the paper-claims table instead (claim, paper's numbers, this "
+                        "run's with seed spread, holds / does not hold / not enough seeds)")
     p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("report", help="build the interactive HTML report")

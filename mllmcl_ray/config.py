@@ -100,11 +100,19 @@ class EvalSet:
     name: str = ""  # dataset name in results (e.g. "vqa", "textvqa_ocr")
     path: str = ""  # LLaVA-format JSON with scorer fields (answers, bbox, label)
     image_root: str | None = None  # image directory
-    kind: str = "vqa"  # scorer: vqa, exact, option, grounding, classification
+    kind: str = "vqa"  # scorer kind (eval/kinds.py registry: vqa, vqa_2021, textvqa, ...)
     max_samples: int | None = 1024  # slim subset size, chosen by seed (Srivastava: 1024)
-    max_new_tokens: int = 16  # generation budget per answer
+    max_new_tokens: int | None = None  # generation budget per answer; None: the kind's default
     ocr_tokens: bool | None = None  # show records' OCR tokens in the prompt (TextVQA "OCR" vs
     # "Pure"); None: on for sets whose name ends in "_ocr"
+
+    def __post_init__(self):
+        from .eval.kinds import UnknownKindError, check_kind
+
+        try:
+            check_kind(self.kind)
+        except UnknownKindError as e:
+            raise ConfigError(f"EvalSet {self.name!r}: {e}") from None
 
 
 @dataclass

@@ -110,7 +110,7 @@ MICRO_TASKS: dict[str, str | None] = {
     "grounding": "Grounding",
     "digits": "ImageNet",
 }
-MICRO_KINDS = {"instruct": "exact", "ocr": "exact", "shapes": "exact", "vqa": "vqa",
+MICRO_KINDS = {"instruct": "exact", "ocr": "exact", "shapes": "exact", "vqa": "vqa_norm",
                "grounding": "grounding", "digits": "exact"}
 METHOD_NAMES = ("lora", "lora-merged", "moelora", "ewc", "lwf", "naive")
 
