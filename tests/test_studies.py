@@ -1,8 +1,9 @@
-"""The study scripts (studies/*.py) and the library pieces they added.
+"""The study scripts (studies/*.py: StudySpecs) and the library pieces they added.
 
-- every study's --help runs and documents its options;
-- every paper preset validates with --dry-run against a fake data root and fake local model
-  dirs (nothing is downloaded: HF_HUB_OFFLINE=1), and a missing data file is reported;
+- every study's --help runs and documents its options and reproductions;
+- every paper preset and every named reproduction validates with --dry-run against a fake
+  data root and fake local model dirs (nothing is downloaded: HF_HUB_OFFLINE=1), a missing
+  data file is reported, a missing data root is one clear error line (exit 2);
 - CoIN instruction variants (mllmcl_ray/data/instructions.py);
 - CLIP zero-shot accuracy (mllmcl_ray/eval/clip_zero_shot.py) on a tiny CLIP;
 - the zero-shot evaluation after alignment (eval.zero_shot) and EMT's epochs-as-tasks rows,
@@ -45,10 +46,11 @@ HELP_OPTIONS = {
 def test_help_documents_options(name, capsys):
     mod = load_study(name)
     with pytest.raises(SystemExit) as e:
-        mod.parse_args(["--help"])
+        mod.SPEC.parse_args(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for opt in ["--preset", "--dry-run", "--data-root", "--model-root", *HELP_OPTIONS[name]]:
+    for opt in ["--preset", "--dry-run", "--data-root", "--model-root", "--reproduce", "--tracker",
+                "--debug", *HELP_OPTIONS[name], *(r.name for r in mod.SPEC.reproductions)]:
         assert opt in out, f"{name} --help does not mention {opt}"
 
 
@@ -96,42 +98,59 @@ def test_paper_dry_run(name, fake_root, capsys):
     extra, victim = DRY[name]
     argv = ["--preset", "paper", "--data-root", str(data), "--model-root", str(models),
             "--out", str(out), "--dry-run", *extra]
-    rc = mod.main(argv)
+    rc = mod.SPEC.main(argv)
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "run configs valid" in text and "MISSING" not in text
     assert "(local dir)" in text and "hub id" not in text
     assert not (out / "cache").exists()  # a dry run writes nothing (no rewritten prompts)
     (data / victim).unlink()
-    rc = mod.main(argv)
+    rc = mod.SPEC.main(argv)
     text = capsys.readouterr().out
     assert rc == 1  # a missing data file fails the dry run
     assert "MISSING" in text and str(data / victim) in text
 
 
+def context(mod, argv):
+    """The StudyContext the study's functions see for `argv` (paper preset, fake paths)."""
+    from mllmcl_ray.study.cli import make_context
+
+    return make_context(mod.SPEC, mod.SPEC.parse_args(["--preset", "paper", "--data-root", "/nonexistent",
+                                                       *argv]), log=lambda s: None)
+
+
 def test_study_grids():
+    from mllmcl_ray.config import ConfigError
+
     mit = load_study("mitigation")
-    grid = mit.method_grid(["methods", "lora", "alpha"], list(mit.METHODS), [0.001, 0.01, 0.1])
-    labels = [label for label, _ in grid]
-    assert labels.count("naive") == 1 and "lora (1/2 full rank, rsLoRA)" not in labels  # = lora
-    assert sum(m["name"] == "lora" for _, m in grid) == 6  # lora + 5 other Table 2 rows
-    assert {m["params"]["soft_targets"]["alpha"] for _, m in grid if m["name"] == "soft_targets"} \
+    ms = mit.grid(context(mit, ["--variants", "all", "--methods", "all"]))["method"]
+    assert sum(m["name"] == "naive" for m in ms) == 1  # naive once, though three variants name it
+    assert sum(m["name"] == "lora" for m in ms) == 6  # lora (= Table 2's rsLoRA row) + 5 other rows
+    assert {m["params"]["soft_targets"]["alpha"] for m in ms if m["name"] == "soft_targets"} \
         == {0.001, 0.01, 0.1}
-    qkv = [m for label, m in grid if "KQV" in label][0]["params"]["lora"]
-    assert qkv == {"rank": 0.5, "alpha": 8.0, "use_rslora": True, "target": "attention_qkv"}
+    qkv = [m for m in ms if m["params"].get("lora", {}).get("target") == "attention_qkv"]
+    assert [m["params"]["lora"] for m in qkv] == [
+        {"rank": 0.5, "alpha": 8.0, "use_rslora": True, "target": "attention_qkv"}]
+    fig3a = mit.grid(context(mit, []))["method"]  # the default reproduction: Fig. 3a's four
+    assert [m["name"] for m in fig3a] == ["naive", "lora", "msgm", "soft_targets"]
 
     coin = load_study("coin")
-    ms = coin.method_configs(["lora", "moelora", "ewc", "lwf"], [1, 2, 8], 128, 1000)
+    ctx = context(coin, ["--methods", "lora,moelora,ewc,lwf", "--experts", "1,2,8"])
+    ms = coin.grid(ctx)["method"]
+    # CoIN's LoRA is MoELoRA with one expert: "moelora" with 1 expert is the same config
     assert [m["name"] for m in ms] == ["moelora", "moelora", "moelora", "moelora+ewc", "moelora+lwf"]
     assert ms[0]["params"]["moelora"] == {"num_experts": 1, "rank": 128, "alpha": 256.0,
                                           "use_rslora": False, "train_projector": False}
-    assert coin.resolve_order("alphabet", list(coin.PAPER_TASKS)) == [
+    assert [m["params"]["moelora"]["num_experts"] for m in ms[:3]] == [1, 2, 8]
+    assert ms[3]["params"]["ewc"] == {"lam": 0.1, "fisher_samples": 1000}
+    alpha = context(coin, ["--order", "alphabet"])
+    assert alpha.order("order", list(alpha.preset.coin_tasks())) == [
         "GQA", "Grounding", "ImageNet", "OCR-VQA", "ScienceQA", "TextVQA", "VizWiz", "VQAv2"]
-    assert coin.resolve_order("vqa,ocr", list(coin.MICRO_TASKS)) == ["vqa", "ocr"]
-    with pytest.raises(ValueError):
-        coin.resolve_order("vqa,nope", list(coin.MICRO_TASKS))
-    assert coin.level_study("paper", "original", 1.0) == "coin"
-    assert coin.level_study("alphabet", "10type", 0.4) == "coin-alphabet-10type-vol0.4"
+    assert [t.name for t in coin.base(context(coin, ["--order", "vqav2,gqa"])).tasks] == ["VQAv2", "GQA"]
+    with pytest.raises(ConfigError, match="--order"):
+        coin.base(context(coin, ["--order", "GQA,nope"]))
+    assert coin.level(context(coin, []), "original", 1.0) == "coin"
+    assert coin.level(alpha, "10type", 0.4) == "coin-alphabet-10type-vol0.4"
 
     emt = load_study("emt")
     from mllmcl_ray.config import DataSource, EvalSet
