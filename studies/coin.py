@@ -57,17 +57,18 @@ def base(ctx):
 
 
 def grid(ctx):
-    methods = [METHODS[m] for m in ctx.list("methods", METHODS)]
-    configs = [method_config(m, ctx.preset.name, **({"moelora": {"num_experts": e}} if m == "coin-moelora" else {}))
-               for m in methods for e in (ctx.numbers("experts", int) if m == "coin-moelora" else [0])]
-    return {"method": unique(configs), "seed": ctx.seeds}
+    moe = [{"moelora": {"num_experts": e}} for e in ctx.numbers("experts", int)]
+    return {"method": unique([method_config(METHODS[m], ctx.preset.name, **p) for m in ctx.list("methods", METHODS)
+                              for p in (moe if m == "moelora" else [{}])]), "seed": ctx.seeds}
 
 
 def level(ctx, variant: str, volume: float) -> str:
+    """The study name of an (order, instructions, volume) level: coin, coin-alphabet-10type-vol0.4, ..."""
     o = ctx.args.order
-    parts = [] if o == "paper" else [o if o == "alphabet" else "order" + hashlib.sha256(o.encode()).hexdigest()[:6]]
-    return "-".join([SPEC.name, *parts, *([variant] if variant != "original" else []),
-                     *([f"vol{volume:g}"] if volume != 1.0 else [])])
+    parts = {"paper": [], "alphabet": ["alphabet"]}.get(o, ["order" + hashlib.sha256(o.encode()).hexdigest()[:6]])
+    parts += [variant] if variant != "original" else []
+    parts += [f"vol{volume:g}"] if volume != 1.0 else []
+    return "-".join([SPEC.name, *parts])
 
 
 def plans(ctx, base, grid):

@@ -506,6 +506,8 @@ BAD_ARGS = [
     ("emt", ["--epochs", "0"], "--epochs must be ≥ 1, got 0"),
     ("emt", ["--clip-prompt", "a photo"], "--clip-prompt 'a photo' must contain {label}"),
     ("emt", ["--train-set", "svhn"], "--train-set: unknown value(s) svhn"),
+    ("emt", ["--tracker", "tensorboard", "--no-tune"], "--tracker logs through Ray Tune's callbacks"),
+    ("mitigation", ["--max-concurrent", "0"], "--max-concurrent must be ≥ 1, got 0"),
 ]
 
 

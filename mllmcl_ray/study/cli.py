@@ -106,6 +106,8 @@ def make_context(spec: StudySpec, args: argparse.Namespace, log=print) -> StudyC
     repro, seeds = resolve(spec, args, preset_name)
     if args.max_concurrent < 1:
         raise ConfigError(f"--max-concurrent must be ≥ 1, got {args.max_concurrent}")
+    if args.tracker and args.no_tune:
+        raise ConfigError("--tracker logs through Ray Tune's callbacks: drop --no-tune")
     preset = make_preset(preset_name, data_root=args.data_root, model_root=args.model_root,
                          world_size=args.world_size, workers=args.workers,
                          eval_samples=args.eval_samples, out=args.out, log=log,
@@ -139,8 +141,10 @@ def preflight(ctx: StudyContext, plans: list[Plan]) -> int:
 
 
 def dry_run_plans(ctx: StudyContext, plans: list[Plan]) -> int:
-    from ..sweep import dry_run
+    from ..sweep import dry_run, tracker_callbacks
 
+    if ctx.args.tracker:  # a missing tracker package shows now, not after the first run
+        tracker_callbacks(ctx.args.tracker, ctx.out / "tune", ctx.spec.name)
     status = 0
     for p in plans:
         if p.note:
