@@ -307,24 +307,25 @@ def test_sweep_trial_runs_the_real_continual_run(ray_local, tmp_path):
     from mllmcl_ray.results import ResultStore
     from mllmcl_ray.sweep import run_sweep
 
-    base = tiny_run_config(tmp_path, steps=2)
-    base.tasks = base.tasks[:1]
+    base = tiny_run_config(tmp_path, steps=2)  # two tasks: colour, then position
     base.stages.align.max_steps = 1
     base.trainer.threads_per_worker = 1
     df = run_sweep(base, SweepSpec(space={"stages.finetune.lr": [1e-3]}), tmp_path / "tune", "real",
                    verbose=0)
     assert df.attrs["num_finished"] == 1, df["error"].tolist()
     row = df.iloc[0]
-    assert row["tasks_trained"] == 2 and 0.0 <= row["final_vl_accuracy"] <= 1.0
+    assert row["tasks_trained"] == 3 and 0.0 <= row["final_vl_accuracy"] <= 1.0
     rows = ResultStore(Path(base.output_dir) / "results").read()
     assert set(rows["run_id"]) == {row["run_id"]}
-    assert (rows["trained_task_index"] == 2).any()
-    # one Tune result per trained task (what --tracker plots), the last with the final metrics
+    assert (rows["trained_task_index"] == 3).any()
+    # one Tune result per trained task that has rows (what --tracker plots; this run has no NL
+    # suite, so no base rows), the last with the final metrics
     results = [json.loads(line) for line in
                next((tmp_path / "tune" / "real").glob("*/result.json")).read_text().splitlines()]
-    assert [r["trained_task_index"] for r in results] == [1, 2]
-    assert results[0]["delta_nl"] == 0.0 and "final_vl_accuracy" not in results[0]
-    assert results[1]["final_vl_accuracy"] == row["final_vl_accuracy"] and "final_delta_nl" in results[1]
+    assert [r["trained_task_index"] for r in results] == [2, 3]
+    assert "vl_accuracy" in results[0] and "final_vl_accuracy" not in results[0]
+    assert results[1]["final_vl_accuracy"] == row["final_vl_accuracy"] == results[1]["vl_accuracy"]
+    assert "final_maa" in results[1] and "final_bwt" in results[1]
 
 
 # ---------------------------------------------------------------------------------------
