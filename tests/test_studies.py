@@ -704,3 +704,24 @@ def test_every_reproduction_validates_on_micro(name, tiny_out, capsys):
         text = capsys.readouterr().out
         assert rc == 0, (r.name, text)
         assert "run configs valid" in text and "MISSING" not in text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_tracker_logs_per_task_results(tiny_out, ray_local, capsys):
+    """--tracker tensorboard: the one run goes through Ray Tune (even alone); its trial
+    reports one result per trained task (base model, then the task) into TensorBoard files."""
+    from mllmcl_ray.study import Reproduction, StudySpec
+
+    spec = StudySpec(
+        name="tracked", doc="One naive run, tracked.",
+        base=lambda ctx: ctx.preset.run_config("nano", tasks=["vqa"], study="tracked"),
+        grid=lambda ctx: {"seed": ctx.seeds}, reproductions=(Reproduction("only", "the one recipe"),))
+    rc = spec.main([*TINY, "--out", str(tiny_out), "--tracker", "tensorboard",
+                    "--set", "stages.align.max_steps=1", "--set", "stages.finetune.max_steps=1"])
+    assert rc == 0, capsys.readouterr().out
+    trial = next((tiny_out / "tune").glob("tracked-*/*/result.json")).parent
+    results = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+    assert [r["trained_task_index"] for r in results] == [1, 2]
+    assert results[0]["delta_nl"] == 0.0 and "final_delta_nl" in results[1]
+    assert list(trial.glob("events.out.tfevents.*"))
