@@ -1,23 +1,16 @@
 """EMT: the MLLM as an image classifier vs its own vision tower (Zhai et al., Fig. 4–7).
 
     ray job submit --working-dir . -- python studies/emt.py --preset paper --data-root /data
-    ray job submit --working-dir . -- python studies/emt.py --preset paper --data-root /data \\
-        --train-set mnist,cifar10,cifar100,miniimagenet            # Zhai fine-tunes on each
-    python studies/emt.py --train-set shapes --epochs 2             # micro (digits ~ MNIST, shapes ~ CIFAR)
+    python studies/emt.py --train-set shapes --epochs 2     # micro (digits ~ MNIST, shapes ~ CIFAR)
 
-1. CLIP zero-shot (Fig. 4's reference): the vision tower's own zero-shot accuracy on every
-   classification set (eval/clip_zero_shot.py; ``--clip-prompt``, paper "a photo of a
-   {label}", micro "a {label}"); rows metric ``clip_zero_shot``, trained_task_index 1.
-2. Per method (``--methods linear,lora``: projector only / projector + LoRA, rows linear
-   and emt-lora of the method table) and seed: alignment, EMT of the aligned MLLM on every
-   set (``eval.zero_shot``: trained_task_index 1, "zero_shot"), then ``--epochs`` epochs on
-   ``--train-set``, EMT on every set after each.
-
-Epochs as tasks: the training set repeated, one epoch per task ``epoch-1`` … ``epoch-N``
-(trained task index 2 … N+1, each with a checkpoint and rows; the sets hang off task
-``epoch-1``). The lr schedule restarts each epoch and LoRA merges after each. Paper data:
-``<data_root>/emt/<set>/{train,test}.json`` (``--sets``); several ``--train-set`` values
-are one study each (``emt-<set>``). Report: OUT/emt-report.html.
+1. CLIP zero-shot: the vision tower's own accuracy on every classification set (metric
+   ``clip_zero_shot``, trained_task_index 1; ``--clip-prompt``; ``--no-clip`` skips it).
+2. Per method (``--methods linear,lora``) and seed: alignment, EMT of the aligned MLLM on
+   every set (trained_task_index 1, "zero_shot"), then ``--epochs`` epochs on ``--train-set``
+   as tasks ``epoch-1`` … ``epoch-N`` (trained task index 2 … N+1, EMT on every set after
+   each; the lr schedule restarts each epoch, LoRA merges after each). Paper data:
+   <data_root>/emt/<set>/{train,test}.json; several --train-set values are one study each
+   (emt-<set>). Details: docs/studies.md; report: OUT/emt-report.html.
 """
 import copy
 import hashlib
