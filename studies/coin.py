@@ -1,19 +1,17 @@
 """CoIN: continual instruction tuning of an MLLM over 8 tasks (Chen et al., Tables 2–9, 12–14).
 
     ray job submit --working-dir . -- python studies/coin.py --preset paper --data-root /data
-    ... --reproduce table5|table6|table7|table8|table9   # order, instructions, volume, experts, EWC/LwF
-    python studies/coin.py --instructions 10type --methods lora,moelora --experts 2   # micro
+    python studies/coin.py --reproduce table8               # micro: MoELoRA with 1, 2, 4, 8 experts
 
-Tasks: CoIN's 8 in CoIN's order (paper: <data_root>/Instructions/<Task>/, full test sets,
-each scored as CoIN's released evaluation does; micro: the world's analogues), or
-``--order alphabet`` (Tab. 5) or ``--order A,B,...``. ``--methods`` names rows of the
-method table: ``lora`` = coin-lora, CoIN's LoRA, i.e. MoELoRA with ONE expert (one adapter
-through all tasks, LLM and CLIP frozen); ``lora-merged``, ``moelora`` (``--experts``),
-``ewc``, ``lwf`` (on CoIN's LoRA, Tab. 9), ``naive``. Each (``--instructions``, ``--volumes``)
-level is its own study (coin, coin-alphabet, coin-10type-vol0.4, ...); ``--baselines``:
-a LLaVA-recipe run (multi-task row) also scored after alignment (zero-shot row), study
-coin-baselines. ``--judge``: Reasoning Capability. The summary (OUT/coin-summary.md): MAA
-and BWT per run (BWT as 1/(T−1) and CoIN's printed 1/T). Details: docs/studies.md.
+CoIN's 8 tasks in CoIN's order (paper: <data_root>/Instructions/<Task>/, full test sets, each
+scored as CoIN's released evaluation does; micro: the world's analogues) or ``--order
+alphabet|A,B,...``. ``--methods`` picks method-table rows: ``lora`` = coin-lora, CoIN's LoRA,
+i.e. MoELoRA with ONE expert; ``lora-merged``, ``moelora`` (``--experts``), ``ewc``, ``lwf``,
+``naive``. Each (``--instructions`` original|diverse|10type, ``--volumes``) level is its own
+study (coin, coin-alphabet, coin-10type-vol0.4, ...); ``--baselines``: the multi-task and
+zero-shot rows (study coin-baselines); ``--judge``: Reasoning Capability. The summary
+(OUT/coin-summary.md) gives MAA and BWT per run (BWT as 1/(T−1) and CoIN's printed 1/T).
+Details: docs/studies.md.
 """
 import copy
 import hashlib
