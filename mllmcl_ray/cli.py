@@ -5,6 +5,7 @@
     mllmcl validate   load and validate a YAML config without running it
     mllmcl world      write the synthetic micro world
     mllmcl bases      pretrain (or show) the micro base models
+    mllmcl methods    list the named method configurations
     mllmcl results    print a summary table of a results directory
     mllmcl report     build the interactive HTML report of a results directory
     mllmcl data       prepare the paper presets' data (`data prepare`) and check it (`data check`)
@@ -22,7 +23,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_micro(args) -> int:
-    from .study import micro_quickstart
+    from .study.quickstart import micro_quickstart
 
     report = micro_quickstart(out=Path(args.out), method=args.method, seed=args.seed,
                               size=args.size, tasks=args.tasks, workers=args.workers,
@@ -33,7 +34,7 @@ def cmd_micro(args) -> int:
 
 def cmd_run(args) -> int:
     from .runner import run_and_evaluate
-    from .study import load_run_config
+    from .sweep import load_run_config
 
     cfg = load_run_config(args.config, args.set)
     run_and_evaluate(cfg, progress=not args.quiet)
@@ -41,7 +42,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from .study import load_run_config
+    from .sweep import load_run_config
     from .validate import validate_run_config
 
     cfg = load_run_config(args.config, args.set)
@@ -61,12 +62,19 @@ def cmd_world(args) -> int:
 
 
 def cmd_bases(args) -> int:
-    from .study import prepare_micro
+    from .presets.micro import prepare_micro
 
     prep = prepare_micro(Path(args.out), sizes=args.sizes.split(","), progress=not args.quiet)
     for name, spec in prep.specs.items():
         print(f"{name}: llm={spec.llm} vision={spec.vision}")
     print(prep.skill_text())
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from .presets.methods import methods_table
+
+    print(methods_table())
     return 0
 
 
@@ -164,8 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("micro", help="run the micro continual study here (CPU, minutes)")
     _add_common(p)
-    p.add_argument("--method", default="naive", help="CL method(s), e.g. naive, soft_targets, "
-                   "msgm+rehearsal (default: naive)")
+    p.add_argument("--method", default="naive", help="a method of the table (`mllmcl methods`), "
+                   "e.g. naive, soft_targets, msgm+rehearsal (default: naive)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", default="micro-s", help="micro LLM size (micro-xs, micro-s, micro-m)")
     p.add_argument("--tasks", default="instruct,vqa,ocr,grounding",
@@ -196,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--sizes", default="micro-s", help="comma-separated micro LLM sizes")
     p.set_defaults(func=cmd_bases)
+
+    p = sub.add_parser("methods", help="list the named method configurations (presets/methods.py)")
+    p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("results", help="print a summary table of a results directory")
     p.add_argument("dir")

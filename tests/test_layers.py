@@ -9,7 +9,7 @@ import mllmcl_ray
 
 PKG = Path(mllmcl_ray.__file__).parent
 # moving to presets/ (issue 15, the study layer); drop once it has moved
-PENDING = {"data/micro/pretrain.py"}
+PENDING: set[str] = set()
 
 
 def imported_modules(path: Path) -> set[str]:
