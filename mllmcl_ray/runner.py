@@ -124,13 +124,15 @@ class RunEvaluation:
         k = job.trained_task_index
         if uses_actors(cfg):
             from .eval.engine.actors import split_job
-            from .eval.service import EvalClient
+            from .eval.service import EvalClient, EvalLog, job_key
 
             if self.client is None:
                 self.client = EvalClient(cfg, log=self.log)
+                self.records = EvalLog(results_dir(cfg), "driver")
                 self.planner = self._planner(cfg)
             todo = split_job(job, self.planner, "dataset")
             self.client.submit(todo)
+            self.records.write("submit", jobs=[job_key(j) for j in todo], checkpoint=str(job.checkpoint))
             if todo:
                 self.log(f"[{run_id}] eval after task {k}: {len(todo)} job(s) queued")
             return

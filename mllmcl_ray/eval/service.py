@@ -410,12 +410,7 @@ class EvalQueue:
 
     def _dispatch(self) -> None:
         with self.cv:
-            while len(self.workers) < self.num_actors and any(
-                    self.entries[k].state == "queued" for k in self.order):
-                idle = [w for w in self.workers if w["job"] is None]
-                queued = sum(self.entries[k].state == "queued" for k in self.order)
-                if len(idle) >= queued:
-                    break
+            while len(self.workers) < self.num_actors:  # at start, and for dead workers
                 self.workers.append(self._new_worker())
             for w in self.workers:
                 if w["job"] is not None:
@@ -536,10 +531,15 @@ def _get_or_create(name: str, cfg: EvalConfig, root: str):
         return ray.get_actor(name, namespace=NAMESPACE)
     except ValueError:
         pass
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
     n, gpus = pool_size(cfg, ray.cluster_resources())
+    # outside the caller's placement group (a Tune trial's): the pool outlives the trial
     return ray.remote(EvalQueue).options(
         name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, num_cpus=0,
-        max_concurrency=64).remote(cfg, root, n, gpus)
+        max_concurrency=64,
+        scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None)).remote(
+        cfg, root, n, gpus)
 
 
 class EvalClient:
