@@ -132,16 +132,18 @@ class ModelRef:
         return load_step_model(self.cfg, self.checkpoint, build_methods(self.cfg.method))
 
     def vllm_servable(self) -> tuple[bool, str]:
-        """(servable, why not): vLLM serves plain LLaVA checkpoints; a method that owns its
-        checkpoint format (e.g. MoELoRA's unmerged experts) needs its own loading code."""
-        from ..methods.base import ContinualMethod, build_methods
+        """(servable, why not): vLLM serves plain LLaVA checkpoints (LoRA is merged at
+        every task end; EWC/LwF keep their extra state in ``method_state/``, beside the
+        plain model); a method without plain checkpoints (MoELoRA's unmergeable experts,
+        `ContinualMethod.plain_checkpoints`) needs its own loading code."""
+        from ..methods.base import build_methods
 
         if self.kind == "base":
             return False, "the base model is built from its spec, not read from a directory"
         owners = [m.name for m in build_methods(self.cfg.method).methods
-                  if type(m).save_model is not ContinualMethod.save_model]
+                  if not m.plain_checkpoints]
         if owners:
-            return False, f"method {'+'.join(owners)} saves its own checkpoint format"
+            return False, f"method {'+'.join(owners)} keeps unmerged weights in its checkpoints"
         return True, ""
 
 
