@@ -149,3 +149,57 @@ def test_tiny_study_evaluates_in_actors_exactly_once(ray_local, tmp_path):
     for rid in set(df["run_id"]):
         got = {(k, d) for r, k, _, d, m in keys if r == rid and m == "accuracy"}
         assert got == {(1, "lambada"), (2, "lambada"), (2, "colour")}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_served_judge_actor_scores_and_caches(ray_local, tmp_path):
+    """With eval.judge set, the judge model loads in its own actor (role "judge"), not in
+    the engine actor; judge rows carry the judge id, prompt version and sampling; the
+    replies land in the SQLite cache, so a second run of the same answers asks nothing."""
+    from spine_world import tiny_run_config
+
+    from mllmcl_ray.eval.engine.actors import split_job
+    from mllmcl_ray.eval.evaluator import EvalJob
+    from mllmcl_ray.eval.judge import JUDGE_PROMPT_VERSION, JudgeCache
+    from mllmcl_ray.eval.service import EvalClient, ModelRef, read_eval_log
+    from mllmcl_ray.models.build import build_mllm, save_mllm
+    from mllmcl_ray.results import ResultStore
+    from mllmcl_ray.runner import RunEvaluation, results_dir, run_meta
+
+    cfg = tiny_run_config(tmp_path)
+    cfg.eval.placement = "actors"
+    cfg.eval.judge_cpus = 0.5
+    ckpt = tmp_path / "ckpt"
+    save_mllm(build_mllm(cfg.model), ckpt / "model")
+    judge_dir = tmp_path / "judge"
+    save_mllm(build_mllm(cfg.model), judge_dir)
+    cfg.eval.judge = str(judge_dir)
+
+    def run(run_id):
+        job = EvalJob(ModelRef("step", cfg, str(ckpt)), run_meta(cfg, run_id, "t", 1.0), 2,
+                      "colour", vl_tasks=[(2, "colour", cfg.tasks[0].eval)], checkpoint_id=str(ckpt))
+        client = EvalClient(cfg, log=lambda s: None)
+        client.submit(split_job(job, RunEvaluation._planner(cfg), "dataset"))
+        client.finish(progress=False)
+
+    run("r1")
+    root = results_dir(cfg)
+    df = ResultStore(root).read()
+    j = df[df.metric == "judge_score"]
+    assert len(j) == 1
+    dec = json.loads(j.iloc[0].decoding)
+    assert dec["judge"] == str(judge_dir) and dec["judge_prompt_version"] == JUDGE_PROMPT_VERSION
+    assert dec["judge_sampling"]["do_sample"] is False
+    recs = read_eval_log(root)
+    loads = [(r["role"], r["model"]) for r in recs if r["event"] == "load"]
+    assert ("judge", str(judge_dir)) in loads
+    assert all(m != str(judge_dir) for role, m in loads if role != "judge")
+    n_cached = len(JudgeCache(root / "judge_cache.sqlite"))
+    assert 0 < n_cached <= 12  # one reply per distinct prompt of the 12-sample set
+    batches = sum(r["event"] == "judge_batch" for r in recs)
+    # the same checkpoint's answers again (another run id): every reply from the cache
+    run("r2")
+    recs = read_eval_log(root)
+    assert sum(r["event"] == "judge_batch" for r in recs) == batches
+    assert len(ResultStore(root).read().query("metric == 'judge_score'")) == 2

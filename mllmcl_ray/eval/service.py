@@ -185,24 +185,36 @@ class JudgeServer:
     """The judge model in its own actor: vLLM with tensor parallelism across the GPUs it
     holds (32B-class judges), or transformers (the micro judge, on CPU)."""
 
-    def __init__(self, cfg: EvalConfig, threads: int | None = None):
+    def __init__(self, cfg: EvalConfig, results_root: str, threads: int | None = None):
         if threads:
             import torch
 
             torch.set_num_threads(int(threads))
-        backend = cfg.judge_backend or cfg.backend
-        kwargs: dict[str, Any] = {"batch_size": cfg.batch_size}
-        if backend == "vllm" and cfg.judge_gpus > 1:
-            kwargs["tensor_parallel_size"] = int(cfg.judge_gpus)
-        self.engine = make_engine(backend, cfg.judge, **kwargs)
+        self.cfg = cfg
+        self.log = EvalLog(results_root, "judge")
+        self.engine: Engine | None = None
         self.calls = 0
+
+    def _load(self) -> Engine:
+        """The judge model, loaded on the first request (a fully cached study never loads it)."""
+        if self.engine is None:
+            t0 = time.time()
+            backend = self.cfg.judge_backend or self.cfg.backend
+            kwargs: dict[str, Any] = {"batch_size": self.cfg.batch_size}
+            if backend == "vllm" and self.cfg.judge_gpus > 1:
+                kwargs["tensor_parallel_size"] = int(self.cfg.judge_gpus)
+            self.engine = make_engine(backend, self.cfg.judge, **kwargs)
+            self.log.write("load", model=self.cfg.judge, seconds=time.time() - t0,
+                           backend=backend, tensor_parallel_size=kwargs.get("tensor_parallel_size", 1))
+        return self.engine
 
     def generate(self, requests: list[GenRequest]) -> list[str]:
         self.calls += 1
-        return self.engine.generate(requests)
+        self.log.write("judge_batch", model=self.cfg.judge, n=len(requests))
+        return self._load().generate(requests)
 
     def chat_prompt(self, message: str, system: str | None) -> str:
-        return self.engine.chat_prompt(message, system)
+        return self._load().chat_prompt(message, system)
 
 
 class EngineWorker:
@@ -312,7 +324,7 @@ class EvalQueue:
         if cfg.judge:
             opts: dict[str, Any] = {"num_cpus": cfg.judge_cpus, "num_gpus": cfg.judge_gpus}
             self.judge = ray.remote(JudgeServer).options(**opts).remote(
-                cfg, None if cfg.judge_gpus else max(1, int(cfg.judge_cpus)))
+                cfg, results_root, None if cfg.judge_gpus else max(1, int(cfg.judge_cpus)))
         self._stop = False
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
