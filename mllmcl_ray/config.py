@@ -168,6 +168,9 @@ class EvalConfig:
     actor_gpus: int | None = None  # GPUs per engine actor (None: 1 where the cluster has GPUs, else 0)
     actor_cpus: float = 1.0  # CPUs reserved per engine actor (CPU actors: also its torch threads)
     cpu_budget: float = 1.0  # CPUs all CPU engine actors share (laptops, CI)
+    # CPU actors (engine, judge) reserve their CPUs in Ray's accounting; off (default) they
+    # reserve none and only limit their threads, so Tune trials holding every CPU cannot starve them
+    reserve_cpus: bool = False
     judge_backend: str | None = None  # judge engine: "transformers" or "vllm" (None: eval.backend)
     judge_gpus: int = 0  # GPUs of the judge actor (vLLM: tensor_parallel_size, one node)
     judge_cpus: float = 1.0  # CPUs of the judge actor

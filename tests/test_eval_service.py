@@ -84,6 +84,7 @@ def test_killed_actor_job_reruns_elsewhere_without_duplicates(ray_local, tmp_pat
             victim = starts[0]
         time.sleep(0.02)
     assert victim is not None
+    assert client.pinned_checkpoints() == [str(ckpt)]  # jobs pending on it: keep it
     running = ray.get(client.handle.running_on.remote())
     assert [k for k, _ in running] == [victim["job"]]
     ray.kill(running[0][1])
@@ -102,7 +103,8 @@ def test_killed_actor_job_reruns_elsewhere_without_duplicates(ray_local, tmp_pat
     assert len(keys) == len(set(keys))
     assert set(df.dataset) == {"lambada0", "lambada1", "lambada2", "colour"}
     assert (df.checkpoint_id == str(ckpt)).all()
-    # the pool is gone once its last client released it
+    # a rerun submits nothing (every key stored); the pool is gone once released
+    assert split_job(job, RunEvaluation._planner(cfg), "dataset") == []
     time.sleep(1)
     with pytest.raises(ValueError):
         ray.get_actor(client.name, namespace="mllmcl")

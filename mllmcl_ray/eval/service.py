@@ -322,7 +322,8 @@ class EvalQueue:
         self.last_client_time = time.time()
         self.judge = None
         if cfg.judge:
-            opts: dict[str, Any] = {"num_cpus": cfg.judge_cpus, "num_gpus": cfg.judge_gpus}
+            opts: dict[str, Any] = {"num_gpus": cfg.judge_gpus, "num_cpus": cfg.judge_cpus
+                                    if cfg.judge_gpus or cfg.reserve_cpus else 0}
             self.judge = ray.remote(JudgeServer).options(**opts).remote(
                 cfg, results_root, None if cfg.judge_gpus else max(1, int(cfg.judge_cpus)))
         self._stop = False
@@ -410,7 +411,8 @@ class EvalQueue:
 
         gpus = self.actor_gpus
         threads = None if gpus else max(1, int(self.cfg.actor_cpus))
-        h = ray.remote(EngineWorker).options(num_cpus=self.cfg.actor_cpus, num_gpus=gpus,
+        cpus = self.cfg.actor_cpus if gpus or self.cfg.reserve_cpus else 0
+        h = ray.remote(EngineWorker).options(num_cpus=cpus, num_gpus=gpus,
                                              max_restarts=0).remote(
             self.cfg, self.root, self.judge, threads)
         return {"handle": h, "warm": None, "job": None, "ref": None}
