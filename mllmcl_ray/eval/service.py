@@ -588,7 +588,12 @@ class EvalClient:
     def submit(self, jobs: Sequence[EvalJob]) -> None:
         import ray
 
-        if jobs:
+        if not jobs:
+            return
+        try:
+            self.keys += ray.get(self.handle.submit.remote(list(jobs)))
+        except ray.exceptions.RayActorError:  # the pool was shut down by its last client
+            self._connect()
             self.keys += ray.get(self.handle.submit.remote(list(jobs)))
 
     def pinned_checkpoints(self) -> list[str]:
