@@ -10,8 +10,9 @@ one process, each into its own output dir:
   dataset) jobs on a CPU engine actor (``eval.actor_cpus`` CPUs) and trains on; it waits
   for the queue at the end.
 
-Training runs in-process (``trainer.num_workers: 0``) in both, so the only difference is
-where evaluation runs. Printed: both wall times and their ratio; the evaluation time of
+Training runs in-process (``trainer.num_workers: 0``, one thread) in both, so the only
+difference is where evaluation runs; ``--epochs`` (fine-tuning epochs per task, default
+20) makes the tiny world's training last about as long as its evaluation. Printed: both wall times and their ratio; the evaluation time of
 the before run (the driver's model-holding time, from its own records) and the share of
 it hidden by the overlap, ``(wall_before − wall_after) / eval_before``; and the time the
 driver process spent holding a model in each (goal: 0 s with actors). On 2 shared CPU
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -51,7 +53,10 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/eval_overlap.json", help="JSON results file")
     ap.add_argument("--size", default="nano", help="base LLM size (data/micro/pretrain.py)")
     ap.add_argument("--world", default="tiny", help="micro world size")
-    ap.add_argument("--eval-samples", type=int, default=100, help="samples per eval set")
+    ap.add_argument("--eval-samples", type=int, default=200, help="samples per eval set")
+    ap.add_argument("--epochs", type=float, default=20.0,
+                    help="fine-tuning epochs per task (the tiny world trains in seconds at 1: "
+                         "more makes a task's training comparable to its evaluation)")
     ap.add_argument("--work", default=None, help="work dir (default: a temp dir)")
     args = ap.parse_args()
 
@@ -67,10 +72,13 @@ def main() -> None:
                          log=lambda s: None)
     torch.set_num_threads(1)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    out: dict = {"host": platform.node(), "cpus": 2, "size": args.size, "world": args.world}
+    out: dict = {"host": platform.node(), "cpus": 2, "size": args.size, "world": args.world,
+                 "finetune_epochs": args.epochs, "eval_samples": args.eval_samples,
+                 "load_average_at_start": list(os.getloadavg())}
     for label, placement in (("before", "driver"), ("after", "actors")):
         cfg = micro_run_config(prep, args.size, out=work / label, workers=0,
                                eval_samples=args.eval_samples)
+        cfg.stages.finetune.epochs = args.epochs
         cfg.eval.placement = placement
         cfg.eval.service_idle_s = 5
         cfg.trainer.threads_per_worker = 1

@@ -75,3 +75,33 @@ def test_project_scorer_equals_lm_eval_on_every_micro_nl_set(micro_nl):
             assert mine["correct"] == p["correct"], (s.name, p["id"])
         if s.name == "lambada":
             assert ours.metrics["perplexity"] == pytest.approx(ref.metrics["perplexity"], rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_nl_backend_lm_eval_rows_record_the_version(micro_nl, tmp_path):
+    """`eval.nl_backend: lm_eval` through the Evaluator: rows say lm-eval ran, which version
+    and task; an unknown backend is a ConfigError naming the field."""
+    import lm_eval
+
+    from mllmcl_ray.config import ConfigError, EvalConfig
+    from mllmcl_ray.eval.evaluator import Evaluator
+    from mllmcl_ray.results import ResultStore
+
+    engine, sets = micro_nl
+    wsc = next(s for s in sets if s.name == "wsc")
+    meta = {"run_id": "r", "study": "s", "model": "m", "scale": 1.0, "method": "naive",
+            "method_params": "{}", "seed": 0}
+    ev = Evaluator(lambda m: engine, ResultStore(tmp_path / "res"), None,
+                   EvalConfig(nl_backend="lm_eval", nl_max_samples=10))
+    rows = ev.evaluate("ckpt", run_meta=meta, trained_task_index=1, trained_task="base",
+                       nl_sets=[wsc])
+    row = rows.iloc[0]
+    dec = json.loads(row.decoding)
+    assert (row.metric, row.n, row.split) == ("accuracy", 10, "nlu")
+    assert dec["backend"] == "lm_eval" and dec["lm_eval_version"] == lm_eval.__version__
+    assert dec["lm_eval_task"] == "wsc273" and row.prompt_version == f"lm-eval-{lm_eval.__version__}:wsc273"
+    bad = Evaluator(lambda m: engine, None, None, EvalConfig(nl_backend="harness"))
+    with pytest.raises(ConfigError, match="eval.nl_backend"):
+        bad.evaluate("ckpt", run_meta=meta, trained_task_index=1, trained_task="base",
+                     nl_sets=[wsc])
