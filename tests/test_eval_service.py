@@ -145,6 +145,9 @@ def test_tiny_study_evaluates_in_actors_exactly_once(ray_local, tmp_path):
     # per run: base (NL), after task 2 (NL + colour): 1 + 2 jobs
     assert len(submitted) == 2 * 3
     assert {r["event"] for r in actor} >= {"load", "hold", "job_start", "job_done"}
+    # a checkpoint stays loaded for its consecutive jobs: one load per (actor, model)
+    loads = Counter((r["pid"], r["model"]) for r in actor if r["event"] == "load")
+    assert set(loads.values()) == {1} and len({m for _, m in loads}) == 3  # base + 2 ckpts
     rows = ResultStore(root).read()
     keys = list(zip(rows.run_id, rows.trained_task_index, rows.eval_task, rows.dataset, rows.metric))
     assert len(keys) == len(set(keys))

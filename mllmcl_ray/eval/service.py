@@ -202,7 +202,10 @@ class JudgeServer:
             backend = self.cfg.judge_backend or self.cfg.backend
             kwargs: dict[str, Any] = {"batch_size": self.cfg.batch_size}
             if backend == "vllm" and self.cfg.judge_gpus > 1:
+                # TP over the GPUs this actor holds: vLLM's own worker processes ("mp"), not
+                # a second Ray placement inside the actor
                 kwargs["tensor_parallel_size"] = int(self.cfg.judge_gpus)
+                kwargs["distributed_executor_backend"] = "mp"
             self.engine = make_engine(backend, self.cfg.judge, **kwargs)
             self.log.write("load", model=self.cfg.judge, seconds=time.time() - t0,
                            backend=backend, tensor_parallel_size=kwargs.get("tensor_parallel_size", 1))
