@@ -113,9 +113,10 @@ def test_killed_actor_job_reruns_elsewhere_without_duplicates(ray_local, tmp_pat
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_tiny_study_evaluates_in_actors_exactly_once(ray_local, tmp_path):
-    """Two Tune trials of the real continual run (tiny world): the trial drivers submit
-    jobs and load no model (their own records); the actors ran every submitted
-    (checkpoint, dataset) job exactly once; every expected result row is there once."""
+    """Two concurrent Tune trials of the real continual run (tiny world) share one pool:
+    the trial drivers submit jobs and load no model (their own records); one engine actor
+    ran every submitted (checkpoint, dataset) job exactly once, loading each model once;
+    every expected result row is there once."""
     from spine_world import tiny_run_config
 
     from mllmcl_ray.eval.service import read_eval_log
@@ -130,7 +131,7 @@ def test_tiny_study_evaluates_in_actors_exactly_once(ray_local, tmp_path):
     base.eval.service_idle_s = 5
     base.nl_sets = [EvalSet(name="lambada", path=_lambada(tmp_path / "l.jsonl", 20),
                             kind="lambada", max_samples=None)]
-    df = run_sweep(base, SweepSpec(space={"stages.finetune.lr": [1e-3, 2e-3]}, max_concurrent=1),
+    df = run_sweep(base, SweepSpec(space={"stages.finetune.lr": [1e-3, 2e-3]}, max_concurrent=2),
                    tmp_path / "tune", "evalplace", verbose=0)
     assert df.attrs["num_finished"] == 2, df["error"].tolist()
     root = results_dir(base)
@@ -148,6 +149,7 @@ def test_tiny_study_evaluates_in_actors_exactly_once(ray_local, tmp_path):
     # a checkpoint stays loaded for its consecutive jobs: one load per (actor, model)
     loads = Counter((r["pid"], r["model"]) for r in actor if r["event"] == "load")
     assert set(loads.values()) == {1} and len({m for _, m in loads}) == 3  # base + 2 ckpts
+    assert len({r["pid"] for r in actor}) == 1  # both trials' jobs on the shared pool's actor
     rows = ResultStore(root).read()
     keys = list(zip(rows.run_id, rows.trained_task_index, rows.eval_task, rows.dataset, rows.metric))
     assert len(keys) == len(set(keys))
