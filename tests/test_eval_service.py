@@ -37,6 +37,9 @@ def test_placement_rule():
     local.eval.placement = "gpu"
     with pytest.raises(ConfigError, match="eval.placement"):
         uses_actors(local)
+    local.eval.placement, local.eval.nl_backend = "auto", "harness"
+    with pytest.raises(ConfigError, match="eval.nl_backend"):
+        uses_actors(local)
 
 
 def _lambada(path: Path, n: int) -> str:

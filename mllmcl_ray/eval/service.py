@@ -34,6 +34,10 @@ resubmits it to another actor, at most `eval.max_job_retries` times) writes each
 once; a crashed run loses only unfinished jobs, and its rerun submits only those (jobs
 whose keys are all stored are never submitted).
 
+Checkpoints: jobs are queued only for complete task checkpoints, which nothing deletes
+(training replaces a checkpoint dir only when re-running a step that never finished);
+`EvalQueue.pinned_checkpoints` lists those with unfinished jobs for any future pruning.
+
 Records: every process that evaluates writes JSON lines to
 ``<results>/eval_log/<role>-<pid>.jsonl`` — ``hold`` (a model was held: model, seconds),
 ``job_start`` / ``job_done`` (job key, checkpoint, dataset, rows written) — so a study can
@@ -520,6 +524,9 @@ def pool_size(cfg: EvalConfig, cluster: dict) -> tuple[int, int]:
 
 
 def validate_placement(cfg: EvalConfig) -> None:
+    """Fail before training starts on evaluation settings a job would only reject later."""
+    if cfg.nl_backend not in ("project", "lm_eval"):
+        raise ConfigError(f"eval.nl_backend {cfg.nl_backend!r} must be 'project' or 'lm_eval'")
     if cfg.placement not in PLACEMENTS:
         raise ConfigError(f"eval.placement {cfg.placement!r} must be one of {', '.join(PLACEMENTS)}")
     if cfg.actor_cpus <= 0 or cfg.cpu_budget < cfg.actor_cpus:
