@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .config import (
     ConfigError,
+    apply_sets,
     DataSource,
     EvalSet,
     MethodConfig,
@@ -187,9 +188,7 @@ def micro_run_config(prep: MicroPrep, size: str, method: str = "naive", seed: in
 
 def load_run_config(path: str | Path, sets: list[str] | None = None) -> RunConfig:
     data = load_yaml(path)
-    for s in sets or []:
-        k, v = parse_override(s)
-        set_dotted(data, k, v)
+    apply_sets(data, sets or [], log=print)  # explicit --set values win over derived rules
     return from_dict(RunConfig, data)
 
 
@@ -313,9 +312,7 @@ def apply_cli_overrides(base: RunConfig, args) -> RunConfig:
         from .config import _deep_update
 
         _deep_update(data, load_yaml(args.config), "")
-    for s in args.set:
-        k, v = parse_override(s)
-        set_dotted(data, k, v)
+    apply_sets(data, args.set, log=print)  # explicit --set values win over derived rules
     if args.workers is not None:
         data["trainer"]["num_workers"] = args.workers
     return from_dict(RunConfig, data)

@@ -38,7 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .config import ConfigError, ModelSpec, RunConfig, from_dict, set_dotted, to_dict
+from .validate import validate_run_config
+from .config import (ConfigError, ModelSpec, RunConfig, from_dict, resolve_explicit, set_dotted,
+                     to_dict)
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +138,7 @@ def apply_overrides(base: RunConfig, overrides: Mapping[str, Any]) -> RunConfig:
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             value = to_dict(value)
         set_dotted(data, key, value)
+    resolve_explicit(data, overrides)  # explicit values win over derived rules (lr vs lr_rule)
     return from_dict(RunConfig, data)
 
 
@@ -304,6 +307,7 @@ def run_trial(config: Mapping[str, Any], base_cfg: RunConfig | None = None, run_
         base_cfg = from_dict(RunConfig, json.loads(raw) if isinstance(raw, str) else raw)
     overrides = trial_overrides(config)
     cfg = apply_overrides(base_cfg, overrides)
+    validate_run_config(cfg)  # everything knowable fails here, before the trial's work
     fn = run_fn or _default_run_fn()
     out = fn(cfg, progress=progress, **dict(config.get(RUN_KWARGS_KEY) or {}))
     if isinstance(out, Mapping):

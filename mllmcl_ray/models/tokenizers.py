@@ -88,8 +88,13 @@ def encode_conversation(tok, template: ConversationTemplate, conversations: list
                 labels.extend(part_ids if is_target else [IGNORE_INDEX] * len(part_ids))
     if len(ids) > max_len:
         n_img = ids[:max_len].count(img_id)
-        if 0 < n_img < n_image_tokens:
-            raise ValueError(f"max_seq_len {max_len} cuts the image tokens; raise model.max_seq_len")
+        if n_img < ids.count(img_id):
+            from ..errors import DataError
+
+            raise DataError(f"a {len(ids)}-token sample (text before the image: "
+                            f"{ids.index(img_id)} tokens) does not fit model.max_seq_len "
+                            f"{max_len} with its {n_image_tokens} image tokens: truncation would "
+                            "cut the image; raise model.max_seq_len or shorten the question")
         ids, labels = ids[:max_len], labels[:max_len]
     return ids, labels
 
