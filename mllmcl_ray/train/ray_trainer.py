@@ -50,6 +50,7 @@ from typing import Any
 import torch
 
 from ..config import RunConfig
+from ..validate import check_cluster_resources
 from .checkpoint import POSITION_FILE
 from .task import StepPlan
 
@@ -274,6 +275,7 @@ class RayBackend:
     def run(self, cfg: RunConfig, step: StepPlan, prev_checkpoint: str | None, out_dir: Path,
             run_dir: Path) -> dict:
         ensure_ray(**self.init_kwargs)
+        check_cluster_resources(cfg)  # workers the cluster cannot place: an error, not a wait
         self.last_result = self.trainer(cfg, step, prev_checkpoint, out_dir, run_dir).fit()
         pos = Path(out_dir) / POSITION_FILE
         if not pos.exists():
