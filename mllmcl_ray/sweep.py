@@ -307,7 +307,8 @@ def run_trial(config: Mapping[str, Any], base_cfg: RunConfig | None = None, run_
         base_cfg = from_dict(RunConfig, json.loads(raw) if isinstance(raw, str) else raw)
     overrides = trial_overrides(config)
     cfg = apply_overrides(base_cfg, overrides)
-    validate_run_config(cfg)  # everything knowable fails here, before the trial's work
+    if run_fn is None:  # the real run: everything knowable fails here, before the trial's work
+        validate_run_config(cfg)
     fn = run_fn or _default_run_fn()
     out = fn(cfg, progress=progress, **dict(config.get(RUN_KWARGS_KEY) or {}))
     if isinstance(out, Mapping):

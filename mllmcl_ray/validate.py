@@ -241,13 +241,26 @@ def check_train_source(src: DataSource, where: str = "train") -> str:
         raise DataError(f"{where}: data file {p} has no records; give it records or drop the source")
     idx, raw = first
     rec = validate_record(raw, p, idx)
-    if rec.get("image") and src.missing_image == "error":
-        root = Path(src.image_root) if src.image_root else p.parent
-        img = Path(rec["image"])
+    root = Path(src.image_root) if src.image_root else p.parent
+
+    def image_missing(r: dict) -> Path | None:
+        if not r.get("image"):
+            return None
+        img = Path(r["image"])
         img = img if img.is_absolute() else root / img
-        if not img.exists():
-            raise DataError(f"{p}: record {idx} (id={rec['id']}): image {img} does not exist "
-                            f"(image root {root}); fix image_root or use missing_image: skip")
+        return None if img.exists() else img
+
+    img = image_missing(rec)
+    if img is not None and src.missing_image == "error":
+        raise DataError(f"{p}: record {idx} (id={rec['id']}): image {img} does not exist "
+                        f"(image root {root}); fix image_root or use missing_image: skip")
+    if img is not None:  # skip policy: make sure some record survives (stops at the first)
+        n = 0
+        for n, (i, r) in enumerate(iter_raw(p), 1):
+            if image_missing(validate_record(r, p, i)) is None:
+                return f"{where}: {p} (record {r['id']!r} is the first with its image)"
+        raise DataError(f"{where}: every record of {p} ({n}) would be skipped: none of their "
+                        f"images exists under {root}; fix image_root or the image paths")
     return f"{where}: {p} (first record {rec['id']!r} OK)"
 
 
