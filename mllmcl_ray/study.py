@@ -321,21 +321,31 @@ def apply_cli_overrides(base: RunConfig, args) -> RunConfig:
 def dry_run(base: RunConfig, space: dict[str, list], study: str, log=print) -> int:
     """Validate every run of a study without training or downloading.
 
-    Returns the exit status for the study script: 0 when every run config is valid and
-    its data files exist, 1 when a data file is missing (invalid configs raise)."""
+    Returns the exit status for the study script: 0 when every run passes
+    `validate_run_config`, 2 (the user-error status) when any fails; each failing run's
+    error is printed as one line."""
+    from .errors import USER_ERROR_EXIT, one_line
+
     combos = expand_grid(space)
-    missing = 0
+    bad = 0
     for i, c in enumerate(combos):
         cfg = apply_overrides(base, c)
-        notes = validate_run_config(cfg)
-        missing += sum(n.startswith("MISSING") for n in notes)
+        try:
+            notes = validate_run_config(cfg)
+        except ConfigError as e:
+            bad += 1
+            log(f"[{study}] run {i + 1}/{len(combos)} {cfg.model.name} {cfg.method.name} seed "
+                f"{cfg.seed}: ERROR {one_line(e)}")
+            continue
         log(f"[{study}] run {i + 1}/{len(combos)} {cfg.model.name} {cfg.method.name} seed "
             f"{cfg.seed} recipe {cfg.recipe}: OK")
         for n in notes:
             log(f"    {n}")
-    log(f"[{study}] {len(combos)} run configs valid" +
-        (f"; {missing} with MISSING data files" if missing else ""))
-    return 1 if missing else 0
+    if bad:
+        log(f"[{study}] {bad} of {len(combos)} run configs INVALID (see ERROR lines)")
+        return USER_ERROR_EXIT
+    log(f"[{study}] {len(combos)} run configs valid")
+    return 0
 
 
 def finish_study(base: RunConfig, study: str, log=print) -> Path:

@@ -70,13 +70,28 @@ def fake_root(tmp_path, monkeypatch):
     files += [f"Instructions/{t}/{s}.json" for t in COIN_TASKS for s in ("train", "test")]
     files += [f"emt/{t}/{s}.json" for t in ("mnist", "cifar10", "cifar100", "miniimagenet")
               for s in ("train", "test")]
+    # one valid record per file (validation reads the first training record and every
+    # eval record): text-only, with every scorer's reference field
+    rec = {"id": "r0", "conversations": [{"from": "human", "value": "Q?"},
+                                         {"from": "gpt", "value": "red"}],
+           "answers": ["red"], "answer": "A", "label": "red", "bbox": [0.1, 0.1, 0.5, 0.5]}
+    nl = {"lambada": {"text": "the cat sat"}, "arc": {"question": "q", "choices": ["a", "b"], "label": 0},
+          "winogrande": {"sentence": "a _ b", "option1": "x", "option2": "y", "answer": "1"},
+          "wsc": {"text": "The cat sat. It ran.", "pronoun": "It", "pronoun_loc": 13,
+                  "options": ["The cat", "the dog"], "answer": 0}}
     for f in files:
         p = data / f
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text("" if f.endswith(".jsonl") else "[]")
+        if f.endswith(".jsonl"):
+            kind = next(k for k in nl if Path(f).stem.startswith(k))
+            p.write_text(json.dumps(nl[kind]) + "\n")
+        else:
+            p.write_text(json.dumps([rec]))
     (data / "images").mkdir()
-    for m in ("pythia-160m-deduped", "vicuna-7b-v1.5", "clip-vit-large-patch14-336"):
+    for m, mt in (("pythia-160m-deduped", "gpt_neox"), ("vicuna-7b-v1.5", "llama"),
+                  ("clip-vit-large-patch14-336", "clip")):
         (models / m).mkdir(parents=True)
+        (models / m / "config.json").write_text(json.dumps({"model_type": mt}))
     return data, models, tmp_path / "out"
 
 
@@ -105,8 +120,8 @@ def test_paper_dry_run(name, fake_root, capsys):
     (data / victim).unlink()
     rc = mod.main(argv)
     text = capsys.readouterr().out
-    assert rc == 1  # a missing data file fails the dry run
-    assert "MISSING" in text and str(data / victim) in text
+    assert rc == 2  # a missing data file fails the dry run (the user-error status)
+    assert "ERROR" in text and f"{data / victim} does not exist" in text
 
 
 def test_study_grids():
