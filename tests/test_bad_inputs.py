@@ -360,3 +360,33 @@ def test_main_guard_is_reusable(capsys):
     with pytest.raises(KeyError):  # bugs keep their traceback
         main_guard(lambda: {}["k"])
     assert issubclass(DataError, ConfigError)
+
+
+@pytest.mark.slow  # starts the session's local Ray (2 CPUs); the check itself is instant
+@pytest.mark.timeout(180)
+def test_more_workers_than_the_cluster_has_is_rejected_with_the_numbers(ray_local, world, tmp_path,
+                                                                        capsys):
+    """3 Ray Train workers on a 2-CPU cluster: an error before fit(), not a wait forever."""
+    from mllmcl_ray.errors import ResourceError
+    from mllmcl_ray.train.ray_trainer import RayBackend
+    from mllmcl_ray.train.task import plan_steps
+    from mllmcl_ray.validate import check_cluster_resources
+
+    root, base = world
+    data = json.loads(json.dumps(base))
+    data["output_dir"] = str(tmp_path / "out")
+    data["trainer"].update(num_workers=3, cpus_per_worker=1.0)
+    data["stages"]["finetune"].update(global_batch_size=12, per_device_batch_size=4)
+    data["stages"]["align"].update(global_batch_size=24, per_device_batch_size=8)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    msg = ("trainer.num_workers 3 × 1 CPU per worker = 3 CPU, but the Ray cluster has 2 CPU; "
+           "use at most 2 worker(s)")
+    rc, _, err = _run_cli(["run", str(path)], capsys)
+    _assert_one_line_error(rc, err, msg)
+    assert not (tmp_path / "out").exists()
+    cfg = from_dict(RunConfig, data)
+    with pytest.raises(ResourceError, match="use at most 2 worker"):  # the backend checks too
+        RayBackend().run(cfg, plan_steps(cfg)[1], None, tmp_path / "ck", tmp_path / "run")
+    cfg.trainer.num_workers = 2
+    assert "2 worker(s) × 1 CPU fit the cluster (2 CPU)" in check_cluster_resources(cfg)
