@@ -64,3 +64,24 @@ def main_guard(fn: Callable[[], int | None], prog: str = "mllmcl", debug: bool =
         print(f"{prog}: error: {one_line(e)}", file=stream)
         return USER_ERROR_EXIT
     return 0 if rc is None else int(rc)
+
+
+def user_error_in(exc: BaseException) -> ConfigError | None:
+    """The user error (`ConfigError` family) that caused `exc`, if any: searched through
+    causes, contexts and the wrappers Ray puts around worker errors (Ray Train's
+    `worker_failures` / `controller_failure`, a task error's `cause`). Lets a backend
+    re-raise a worker's DataError as the one-line error it is."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        cause = getattr(e, "cause", None)
+        if isinstance(e, ConfigError):
+            return cause if isinstance(cause, ConfigError) else e
+        nested = [e.__cause__, e.__context__, cause, getattr(e, "controller_failure", None)]
+        nested += list((getattr(e, "worker_failures", None) or {}).values())
+        todo.extend(x for x in nested if isinstance(x, BaseException))
+    return None

@@ -390,3 +390,23 @@ def test_more_workers_than_the_cluster_has_is_rejected_with_the_numbers(ray_loca
         RayBackend().run(cfg, plan_steps(cfg)[1], None, tmp_path / "ck", tmp_path / "run")
     cfg.trainer.num_workers = 2
     assert "2 worker(s) × 1 CPU fit the cluster (2 CPU)" in check_cluster_resources(cfg)
+
+
+def test_a_worker_data_error_surfaces_as_the_user_error():
+    """Ray Train wraps a worker's exception (WorkerGroupError.worker_failures, a task
+    error's cause); the backend re-raises the user error inside."""
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from mllmcl_ray.errors import user_error_in
+
+    inner = DataError("step 02-colour: no training records")
+    wrapped = WorkerGroupError("training failed", {0: RuntimeError("rank 0"), 1: inner})
+    assert user_error_in(wrapped) is inner
+    try:
+        try:
+            raise inner
+        except DataError as e:
+            raise RuntimeError("outer") from e
+    except RuntimeError as outer:
+        assert user_error_in(outer) is inner
+    assert user_error_in(RuntimeError("a bug")) is None

@@ -276,7 +276,15 @@ class RayBackend:
             run_dir: Path) -> dict:
         ensure_ray(**self.init_kwargs)
         check_cluster_resources(cfg)  # workers the cluster cannot place: an error, not a wait
-        self.last_result = self.trainer(cfg, step, prev_checkpoint, out_dir, run_dir).fit()
+        try:
+            self.last_result = self.trainer(cfg, step, prev_checkpoint, out_dir, run_dir).fit()
+        except Exception as e:  # a worker's DataError etc.: the user's one-line error
+            from ..errors import user_error_in
+
+            err = user_error_in(e)
+            if err is None:
+                raise
+            raise err from e
         pos = Path(out_dir) / POSITION_FILE
         if not pos.exists():
             raise RuntimeError(f"Ray Train finished step {step.key} without writing {pos}")
