@@ -135,7 +135,12 @@ def cmd_report(args) -> int:
     if not Path(args.dir).is_dir():
         raise ResultsError(f"results directory {args.dir} does not exist")
     check_output_file(args.output, "-o/--output")
-    out = build_report(args.dir, args.output, title=args.title)
+    from .report.html import NoResultsError
+
+    try:
+        out = build_report(args.dir, args.output, title=args.title)
+    except NoResultsError as e:
+        raise ResultsError(str(e)) from e
     print(out)
     return 0
 

@@ -410,3 +410,28 @@ def test_a_worker_data_error_surfaces_as_the_user_error():
     except RuntimeError as outer:
         assert user_error_in(outer) is inner
     assert user_error_in(RuntimeError("a bug")) is None
+
+
+def test_report_on_a_results_dir_without_readable_rows(tmp_path, capsys):
+    res = tmp_path / "res"
+    res.mkdir()
+    (res / "part-00000000000000000001-x.parquet").write_bytes(b"")  # an empty part
+    with pytest.warns(UserWarning, match="part-00000000000000000001-x.parquet"):
+        rc, _, err = _run_cli(["report", str(res), "-o", str(tmp_path / "r.html")], capsys)
+    _assert_one_line_error(rc, err, str(res))
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_uncached_hub_id_offline_is_a_one_line_error(world, tmp_path, capsys, monkeypatch):
+    """Offline (HF_HUB_OFFLINE=1), a hub id that is not in the local cache is an error up
+    front (looked up in the cache only: no network)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    root, base = world
+    data = json.loads(json.dumps(base))
+    data["output_dir"] = str(tmp_path / "out")
+    data["model"]["llm"] = "nobody/none"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    rc, _, err = _run_cli(["validate", str(path)], capsys)
+    _assert_one_line_error(rc, err, "hub id 'nobody/none' is not in the local cache")

@@ -45,7 +45,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except OSError as e:
-        raise FileNotFoundError(
+        raise _model_path_error(
             f"could not load a tokenizer from {name_or_path!r}: it is neither a local directory "
             "with tokenizer files nor a reachable hub id (offline? set HF_HOME to a cache that "
             f"holds it, or point model.tokenizer at a local dir). Cause: {e}") from e
@@ -101,3 +101,10 @@ def encode_conversation(tok, template: ConversationTemplate, conversations: list
 
 def save_tokenizer(tok, path: str | Path) -> None:
     tok.save_pretrained(str(path))
+
+
+def _model_path_error(message: str):
+    """A model that cannot be loaded as configured: a user error (errors.ModelPathError)."""
+    from ..errors import ModelPathError
+
+    return ModelPathError(message)
