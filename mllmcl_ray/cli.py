@@ -225,10 +225,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Every user error (`errors.ConfigError` family) ends in one line and exit code 2
     (`--debug`: with its traceback); see `errors.main_guard`."""
+    import warnings
+
     from .errors import main_guard
+    from .results import UnreadablePartWarning
 
     args = build_parser().parse_args(argv)
-    return main_guard(lambda: args.func(args), prog=f"mllmcl {args.command}", debug=args.debug)
+    prog = f"mllmcl {args.command}"
+    with warnings.catch_warnings():
+        if not args.debug:  # skipped result parts: one line each, naming the file
+            show = warnings.showwarning
+
+            def one_line_warning(message, category, filename, lineno, file=None, line=None):
+                if issubclass(category, UnreadablePartWarning):
+                    print(f"{prog}: warning: {message}", file=sys.stderr)
+                else:
+                    show(message, category, filename, lineno, file, line)
+
+            warnings.showwarning = one_line_warning
+        return main_guard(lambda: args.func(args), prog=prog, debug=args.debug)
 
 
 if __name__ == "__main__":
