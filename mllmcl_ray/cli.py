@@ -159,6 +159,13 @@ def check_output_file(path: str | Path, what: str) -> None:
         raise ResultsError(f"{what} {p}: directory {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
         raise ResultsError(f"{what} {p} is not writable; choose another path")
+    import tempfile
+
+    try:  # the report is written as a temp file in that directory, then renamed
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".mllmcl-probe-"):
+            pass
+    except OSError as e:
+        raise ResultsError(f"{what} {p} is not writable ({e.strerror}); choose another path") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
