@@ -204,13 +204,14 @@ def check_model_spec(spec: ModelSpec, check_paths: bool = True) -> list[str]:
             from .models.families import FAMILIES, get_family
 
             fam = get_family(spec.family)
-            if conf["model_type"] != fam.model_type:
-                known = {f.model_type: f.name for f in FAMILIES.values()}
-                hint = (f"set model.family: {known[conf['model_type']]}"
-                        if conf["model_type"] in known else "this LLM type has no family yet")
+            known = {f.model_type: f.name for f in FAMILIES.values()}
+            # another family's LLM type is a mistake; other layouts (e.g. a whole llava
+            # checkpoint) are the model builder's to judge
+            if conf["model_type"] != fam.model_type and conf["model_type"] in known:
                 raise ModelPathError(f"model.llm: {ref} is a {conf['model_type']!r} model but "
                                      f"model.family {spec.family!r} expects "
-                                     f"{fam.model_type!r}; {hint}")
+                                     f"{fam.model_type!r}; set model.family: "
+                                     f"{known[conf['model_type']]}")
     return notes
 
 
