@@ -464,3 +464,32 @@ def test_delete_groups_rewrites_only_the_matching_rows(tmp_path):
     assert list(zip(left["trained_task_index"], left["dataset"])) == [(2, "b"), (3, "a")]
     assert s.keys() == {("r1", 2, "nl", "b", "accuracy"), ("r1", 3, "nl", "a", "accuracy")}
     assert s.append([row(k=2, dataset="a")]) == 1  # the key is free again
+
+
+def test_rerun_of_stored_nl_and_vl_sets_recomputes_nothing(tmp_path):
+    """The evaluator's expected eval-set hash equals what every suite stores (else each
+    rerun would recompute): NL with both subset limits set, VL with OCR tokens."""
+    from mllmcl_ray.eval.evaluator import Evaluator
+
+    arc = tmp_path / "arc_easy.jsonl"
+    arc.write_text("\n".join(_json.dumps({"id": f"a{i}", "question": f"q{i}", "choices": ["x", "y"],
+                                           "label": i % 2}) for i in range(12)))
+    nl = _EvalSet(name="arc_easy", path=str(arc), kind="arc", max_samples=7)
+    vl = _eval_file(tmp_path / "e.json", ["red", "blue", "red"])
+    vl.name, vl.ocr_tokens = "colour_ocr", True
+    kw = dict(run_meta=_META, trained_task_index=2, trained_task="colour", nl_sets=[nl],
+              vl_tasks=[(2, "colour", [vl])], checkpoint_id="ck")
+    built = []
+    cfg = _EvalConfig(nl_max_samples=9, seed=3)
+
+    def factory(model):
+        built.append(_RedEngine())
+        return built[-1]
+
+    rows = Evaluator(factory, R.ResultStore(tmp_path / "r"), R.PredictionStore(tmp_path / "r"),
+                     cfg).evaluate("m", **kw)
+    assert sorted(rows["dataset"]) == ["arc_easy", "colour_ocr"] and len(built) == 1
+    assert int(rows[rows["dataset"] == "arc_easy"]["n"].iloc[0]) == 7  # min(7, 9)
+    again = Evaluator(factory, R.ResultStore(tmp_path / "r"), R.PredictionStore(tmp_path / "r"),
+                      cfg).evaluate("m", **kw)
+    assert len(again) == 0 and len(built) == 1

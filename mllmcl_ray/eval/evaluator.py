@@ -85,7 +85,8 @@ def expected_eval_set_hash(p: PlannedSet, cfg: EvalConfig) -> str | None:
         if p.suite == "nl":
             from .suites.nl import load_nl_docs, nl_kind
 
-            docs = load_nl_docs(es, cfg.nl_max_samples, cfg.seed)
+            limit = [m for m in (es.max_samples, cfg.nl_max_samples) if m is not None]
+            docs = load_nl_docs(es, min(limit) if limit else None, cfg.seed)
             return content_hash([nl_kind(es.name, es.kind, docs[0] if docs else None), docs])
         from .suites.vl import load_eval_records, record_fingerprint, use_ocr
 
