@@ -7,6 +7,7 @@
     mllmcl bases      pretrain (or show) the micro base models
     mllmcl results    print a summary table of a results directory
     mllmcl report     build the interactive HTML report of a results directory
+    mllmcl data       prepare the paper presets' data (`data prepare`) and check it (`data check`)
 """
 from __future__ import annotations
 
@@ -168,6 +169,63 @@ def check_output_file(path: str | Path, what: str) -> None:
         raise ResultsError(f"{what} {p} is not writable ({e.strerror}); choose another path") from None
 
 
+def cmd_data_prepare(args) -> int:
+    from .data.prepare import parse_sources, prepare_data
+
+    if args.quiet:
+        import datasets
+
+        datasets.disable_progress_bars()
+    results = prepare_data(args.part, args.root, sources=parse_sources(args.source),
+                           images=args.images, fixtures=args.fixtures, progress=not args.quiet)
+    done = sum(not r.skipped for r in results)
+    print(f"data prepare {args.part}: {done} dataset(s) written, {len(results) - done} already "
+          f"done, under {args.root}")
+    return 0
+
+
+def cmd_data_check(args) -> int:
+    from .data.check import check_study_data
+
+    report = check_study_data(args.study, args.root, decode=not args.no_decode,
+                              progress=not args.quiet)
+    print(report.text())
+    return 0 if report.ok else 1
+
+
+def _add_data_parser(sub) -> None:
+    from .data.check import STUDY_LAYOUTS
+
+    p = sub.add_parser("data", help="prepare the paper presets' data from the public releases "
+                       "and check a data root (docs/data.md)")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    q = dsub.add_parser("prepare", help="download (or read local copies), convert and write the "
+                        "layout of docs/data.md; resumable, with a manifest.json per part")
+    q.add_argument("part", choices=["all", "nl", "srivastava", "vl-eval", "coin", "emt"],
+                   help="which layout: nl (nl/*.jsonl), srivastava (continual/*.json), vl-eval "
+                   "(eval/*_slim.json), coin (Instructions/), emt (emt/), or all")
+    q.add_argument("--root", required=True, help="data root to write (the studies' --data-root)")
+    q.add_argument("--source", action="append", default=[], metavar="KEY=DIR_OR_HUB_ID",
+                   help="use a local copy or another hub id for one source, e.g. "
+                   "lambada=/copies/lambada, llava_mix=/copies/LLaVA-Instruct-150K, "
+                   "miniimagenet=/data/miniimagenet (keys: docs/data.md); repeatable")
+    q.add_argument("--images", default=None, help="directory holding the source image trees "
+                   "(coco/, gqa/, ocr_vqa/, textvqa/, vg/, llava_pretrain/, CoIN's COCO2014/ ...); "
+                   "linked into ROOT/images")
+    q.add_argument("--fixtures", action="store_true", help="build from small schema-exact "
+                   "fixtures instead of the releases (demos and tests; no network)")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    q.set_defaults(func=cmd_data_prepare)
+    q = dsub.add_parser("check", help="check that a data root holds every file a study's paper "
+                        "preset reads, with the recorded counts and every image; exit 1 if not")
+    q.add_argument("study", choices=sorted(STUDY_LAYOUTS), help="the study whose files to check")
+    q.add_argument("--root", required=True, help="data root (the study's --data-root)")
+    q.add_argument("--no-decode", action="store_true",
+                   help="only check that images exist (skip decoding each one)")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    q.set_defaults(func=cmd_data_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="mllmcl", description="Scaling studies of continual learning in multimodal LLMs "
@@ -223,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="report.html")
     p.add_argument("--title", default=None)
     p.set_defaults(func=cmd_report)
+
+    _add_data_parser(sub)
     for sp in sub.choices.values():  # `mllmcl run cfg.yaml --debug` works too
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the traceback of a user error")
