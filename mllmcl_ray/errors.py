@@ -9,6 +9,7 @@ traceback (``--debug`` shows it). Anything else is a bug and keeps its traceback
     ConfigError          a config key or value (config.py)
     ├── DataError        a data file or record (missing, empty, malformed, fully skipped)
     ├── ModelPathError   a model path / hub id / remote-code need
+    │   └── ModelNotFoundError  a model that cannot be loaded (also a FileNotFoundError)
     ├── ResourceError    workers the cluster cannot place
     └── ResultsError     a results directory or report path
 """
@@ -20,7 +21,7 @@ from collections.abc import Callable
 
 from .config import ConfigError
 
-__all__ = ["ConfigError", "DataError", "ModelPathError", "ResourceError", "ResultsError",
+__all__ = ["ConfigError", "DataError", "ModelPathError", "ModelNotFoundError", "ResourceError", "ResultsError",
            "USER_ERROR_EXIT", "main_guard", "one_line"]
 
 USER_ERROR_EXIT = 2  # exit status of every user-caused error (argparse uses 2 as well)
@@ -32,6 +33,11 @@ class DataError(ConfigError):
 
 class ModelPathError(ConfigError):
     """A model path or hub id cannot be used as configured."""
+
+
+class ModelNotFoundError(ModelPathError, FileNotFoundError):
+    """A model or tokenizer could not be loaded from its path or hub id (also a
+    FileNotFoundError, for callers that catch that)."""
 
 
 class ResourceError(ConfigError):

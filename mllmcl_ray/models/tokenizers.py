@@ -104,7 +104,8 @@ def save_tokenizer(tok, path: str | Path) -> None:
 
 
 def _model_path_error(message: str):
-    """A model that cannot be loaded as configured: a user error (errors.ModelPathError)."""
-    from ..errors import ModelPathError
+    """A model that cannot be loaded as configured: a user error (errors.ModelNotFoundError,
+    also a FileNotFoundError)."""
+    from ..errors import ModelNotFoundError
 
-    return ModelPathError(message)
+    return ModelNotFoundError(message)
