@@ -5,6 +5,7 @@
     mllmcl validate   load and validate a YAML config without running it
     mllmcl world      write the synthetic micro world
     mllmcl bases      pretrain (or show) the micro base models
+    mllmcl methods    list the named method configurations
     mllmcl results    print a summary table of a results directory
     mllmcl report     build the interactive HTML report of a results directory
     mllmcl data       prepare the paper presets' data (`data prepare`) and check it (`data check`)
@@ -24,7 +25,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def check_micro_args(method: str, size: str, tasks: str, workers: int) -> None:
     """`mllmcl micro`'s choices, checked before the world is written or a model trained."""
     from .config import ConfigError, MethodConfig
-    from .data.micro.pretrain import LLM_SIZES
+    from .presets.micro_pretrain import LLM_SIZES
     from .data.micro.world import VL_TASKS
     from .methods.base import build_methods
 
@@ -42,7 +43,7 @@ def check_micro_args(method: str, size: str, tasks: str, workers: int) -> None:
 
 
 def cmd_micro(args) -> int:
-    from .study import micro_quickstart
+    from .study.quickstart import micro_quickstart
 
     check_micro_args(args.method, args.size, args.tasks, args.workers)
 
@@ -55,7 +56,7 @@ def cmd_micro(args) -> int:
 
 def cmd_run(args) -> int:
     from .runner import run_and_evaluate
-    from .study import load_run_config
+    from .sweep import load_run_config
 
     cfg = load_run_config(args.config, args.set)
     run_and_evaluate(cfg, progress=not args.quiet)  # validates the whole run first
@@ -63,7 +64,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from .study import load_run_config
+    from .sweep import load_run_config
     from .validate import validate_run_config
 
     cfg = load_run_config(args.config, args.set)
@@ -89,8 +90,8 @@ def cmd_world(args) -> int:
 
 def cmd_bases(args) -> int:
     from .config import ConfigError
-    from .data.micro.pretrain import LLM_SIZES
-    from .study import prepare_micro
+    from .presets.micro_pretrain import LLM_SIZES
+    from .presets.micro import prepare_micro
 
     bad = [z for z in args.sizes.split(",") if z not in LLM_SIZES]
     if bad:
@@ -100,6 +101,13 @@ def cmd_bases(args) -> int:
     for name, spec in prep.specs.items():
         print(f"{name}: llm={spec.llm} vision={spec.vision}")
     print(prep.skill_text())
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from .presets.methods import methods_table
+
+    print(methods_table())
     return 0
 
 
@@ -120,6 +128,11 @@ def cmd_results(args) -> int:
     if df.empty:
         print(f"no results in {args.dir}", file=sys.stderr)
         return 1
+    if args.claims:
+        from .report.claims import claims_markdown
+
+        print(claims_markdown(df))
+        return 0
     import pandas as pd
 
     with pd.option_context("display.max_columns", 50, "display.width", 200,
@@ -236,8 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("micro", help="run the micro continual study here (CPU, minutes)")
     _add_common(p)
-    p.add_argument("--method", default="naive", help="CL method(s), e.g. naive, soft_targets, "
-                   "msgm+rehearsal (default: naive)")
+    p.add_argument("--method", default="naive", help="a method of the table (`mllmcl methods`), "
+                   "e.g. naive, soft_targets, msgm+rehearsal (default: naive)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", default="micro-s", help="micro LLM size (micro-xs, micro-s, micro-m)")
     p.add_argument("--tasks", default="instruct,vqa,ocr,grounding",
@@ -269,11 +282,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", default="micro-s", help="comma-separated micro LLM sizes")
     p.set_defaults(func=cmd_bases)
 
+    p = sub.add_parser("methods", help="list the named method configurations (presets/methods.py)")
+    p.set_defaults(func=cmd_methods)
+
     p = sub.add_parser("results", help="print a summary table of a results directory")
     p.add_argument("dir")
     p.add_argument("--repair", action="store_true",
                    help="move unreadable (corrupt or empty) Parquet parts aside into "
                         "<dir>/quarantine/; a rerun of the run recomputes their keys")
+    p.add_argument("--claims", action="store_true",
+                   help="print the paper-claims table instead (claim, paper's numbers, this "
+                        "run's with seed spread, holds / does not hold / not enough seeds)")
     p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("report", help="build the interactive HTML report")

@@ -150,16 +150,23 @@ class EvalSet:
     name: str = ""  # dataset name in results (e.g. "vqa", "textvqa_ocr")
     path: str = ""  # LLaVA-format JSON with scorer fields (answers, bbox, label)
     image_root: str | None = None  # image directory
-    kind: str = "vqa"  # scorer: vqa, exact, option, grounding, classification
+    kind: str = "vqa"  # scorer kind (eval/kinds.py registry: vqa, vqa_2021, textvqa, ...)
     max_samples: int | None = 1024  # slim subset size, chosen by seed (Srivastava: 1024)
-    max_new_tokens: int = 16  # generation budget per answer
+    max_new_tokens: int | None = None  # generation budget per answer; None: the kind's default
     ocr_tokens: bool | None = None  # show records' OCR tokens in the prompt (TextVQA "OCR" vs
     # "Pure"); None: on for sets whose name ends in "_ocr"
 
     def __post_init__(self):
         _require(self, "max_samples", self.max_samples is None or self.max_samples >= 1,
                  "must be ≥ 1 (or null: the whole set)")
-        _require(self, "max_new_tokens", self.max_new_tokens >= 1, "must be ≥ 1")
+        _require(self, "max_new_tokens", self.max_new_tokens is None or self.max_new_tokens >= 1,
+                 "must be ≥ 1 (or null: the kind's default)")
+        from .eval.kinds import UnknownKindError, check_kind
+
+        try:
+            check_kind(self.kind)
+        except UnknownKindError as e:
+            raise ConfigError(f"EvalSet {self.name!r}: {e}") from None
 
 
 @dataclass
@@ -169,6 +176,9 @@ class TaskSpec:
     name: str = ""  # task name (e.g. "vqa")
     train: list[DataSource] = field(default_factory=list)  # training data (mixed)
     eval: list[EvalSet] = field(default_factory=list)  # evaluation sets (may be empty)
+    # EMT protocol: also checkpoint and evaluate at each epoch end inside the task (one lr
+    # schedule, optimizer and adapter); rows carry epoch 1..E-1, the task end is epoch 0
+    eval_every_epoch: bool = False
 
 
 # ---------------------------------------------------------------------------------------

@@ -12,7 +12,10 @@ neither lose rows nor write a key twice.
 Rows are keyed; re-appending a key is skipped (reruns skip what is there):
 
 * :class:`ResultStore` (``root/``): one row per scored metric, key
-  ``(run_id, trained_task_index, eval_task, dataset, metric)``.
+  ``(run_id, trained_task_index, eval_task, dataset, metric, epoch)``. ``epoch`` is 0 for
+  the end of a task and e ≥ 1 for an evaluation after epoch e inside it (EMT protocol,
+  `TaskSpec.eval_every_epoch`); a row given without it (or with None), and a part written
+  before the column existed, read as epoch 0.
 * :class:`PredictionStore` (``root/predictions/``): one row per scored sample, key
   ``(run_id, trained_task_index, eval_task, dataset, sample_id)``.
 
@@ -51,6 +54,7 @@ import pyarrow.parquet as pq
 __all__ = [
     "RESULT_SCHEMA",
     "RESULT_KEY",
+    "RESULT_DEFAULTS",
     "PREDICTION_SCHEMA",
     "PREDICTION_KEY",
     "ResultStore",
@@ -87,9 +91,12 @@ RESULT_SCHEMA = pa.schema(
         ("eval_set_hash", pa.string()),
         ("prompt_version", pa.string()),
         ("decoding", pa.string()),
+        ("epoch", pa.int64()),
     ]
 )
-RESULT_KEY = ("run_id", "trained_task_index", "eval_task", "dataset", "metric")
+RESULT_KEY = ("run_id", "trained_task_index", "eval_task", "dataset", "metric", "epoch")
+# columns a row may leave out (older writers), with the value they then take
+RESULT_DEFAULTS = {"epoch": 0}
 
 PREDICTION_SCHEMA = pa.schema(
     [
@@ -140,6 +147,7 @@ class _PartStore:
 
     schema: pa.Schema
     key: tuple[str, ...]
+    defaults: Mapping[str, Any] = {}  # columns a row may omit -> their value
     kind = "row"
 
     def __init__(self, directory: str | os.PathLike):
@@ -162,6 +170,8 @@ class _PartStore:
         for i, row in enumerate(rows):
             if not isinstance(row, Mapping):
                 raise ValueError(f"{self.kind} {i}: expected a dict, got {type(row).__name__}")
+            if self.defaults:  # an omitted (or None) defaulted column takes its default
+                row = {**row, **{c: v for c, v in self.defaults.items() if row.get(c) is None}}
             where = f"{self.kind} {i} {_short(row, self.key)}"
             missing = [c for c in names if c not in row]
             if missing:
@@ -250,13 +260,26 @@ class _PartStore:
                 self._key_cache[part.name] = {tuple(r[c] for c in self.key) for r in new}
             return len(new)
 
+    def _read_part_raw(self, path: Path, columns: Sequence[str] | None = None) -> pa.Table:
+        """One part, with a column it predates filled with its default (``defaults``)."""
+        have = set(pq.read_schema(path).names)
+        want = list(columns) if columns else list(self.schema.names)
+        t = pq.read_table(path, columns=[c for c in want if c in have])
+        for c in want:
+            if c not in have:
+                if c not in self.defaults:
+                    raise ValueError(f"{path}: column {c!r} is missing")
+                t = t.append_column(self.schema.field(c),
+                                    pa.array([self.defaults[c]] * t.num_rows,
+                                             type=self.schema.field(c).type))
+        return t.select(want)
+
     def _read_part(self, p: Path, columns: Sequence[str] | None = None) -> pa.Table | None:
         """One part's table, or None (with a warning naming the file) if it is unreadable."""
         try:
-            t = pq.read_table(p, columns=list(columns) if columns else None)
-            if columns is None and not t.schema.equals(self.schema):
-                t = t.select(self.schema.names).cast(self.schema)
-            return t
+            return self._read_part_raw(p, columns).cast(
+                self.schema if columns is None else
+                pa.schema([self.schema.field(c) for c in columns]))
         except (pa.ArrowException, OSError, KeyError, ValueError) as e:
             warnings.warn(f"skipping unreadable {self.kind} part {p} ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''}); its keys count as "
@@ -277,8 +300,7 @@ class _PartStore:
         bad = []
         for p in self._parts():
             try:
-                t = pq.read_table(p)
-                t.select(self.schema.names).cast(self.schema)
+                self._read_part_raw(p).cast(self.schema)
             except (pa.ArrowException, OSError, KeyError, ValueError) as e:
                 bad.append((p, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
         return bad
@@ -369,11 +391,17 @@ class _PartStore:
                 ks = set(zip(*cols))
                 self._key_cache[p.name] = ks
             out |= ks
-        return out
+        return out | self._legacy_keys(out)
+
+    def _legacy_keys(self, keys: set[tuple]) -> set[tuple]:
+        """Nothing here; ResultStore adds the key without ``epoch`` for epoch-0 rows."""
+        return set()
 
     def has(self, key: Sequence[Any]) -> bool:
         """Whether a row with this key is stored."""
         key = tuple(key)
+        if self.defaults and len(key) == len(self.key) - len(self.defaults):
+            key = key + tuple(self.defaults[c] for c in self.key[len(key):])
         if len(key) != len(self.key):
             raise ValueError(f"key must have {len(self.key)} parts {self.key}, got {key!r}")
         return key in self.keys()
@@ -387,11 +415,17 @@ class ResultStore(_PartStore):
 
     schema = RESULT_SCHEMA
     key = RESULT_KEY
+    defaults = RESULT_DEFAULTS
     kind = "result row"
 
     def __init__(self, root: str | os.PathLike):
         super().__init__(root)
         self.root = Path(root)
+
+    def _legacy_keys(self, keys: set[tuple]) -> set[tuple]:
+        """End-of-task (epoch 0) rows also answer to their key without ``epoch``, the key
+        callers written before the column existed look up (``has`` takes either form)."""
+        return {k[:-1] for k in keys if k[-1] == 0}
 
 
 class PredictionStore(_PartStore):
@@ -432,8 +466,9 @@ def commit_rows(store: ResultStore | None, predictions: PredictionStore | None,
                      for r in rows})
     group_maps = [dict(zip(("run_id", "trained_task_index", "eval_task", "dataset"), g))
                   for g in groups]
-    if replace and store is not None:
-        store.delete_groups(group_maps)
+    if replace and store is not None:  # (the result key also has the epoch; these rows')
+        epochs = sorted({int(r.get("epoch") or 0) for r in rows})
+        store.delete_groups([dict(g, epoch=e) for g in group_maps for e in epochs])
     if predictions is not None:
         # predictions left by a writer killed before its result rows, or by the stale
         # scoring being replaced: the fresh ones replace them

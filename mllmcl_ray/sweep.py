@@ -138,7 +138,7 @@ def apply_overrides(base: RunConfig, overrides: Mapping[str, Any]) -> RunConfig:
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             value = to_dict(value)
         set_dotted(data, key, value)
-    resolve_explicit(data, overrides)  # explicit values win over derived rules (lr vs lr_rule)
+    resolve_explicit(data, overrides, log=print)  # explicit values win over derived rules
     return from_dict(RunConfig, data)
 
 
@@ -290,6 +290,53 @@ def final_metrics(results_dir: str | os.PathLike, run_id: str) -> dict[str, Any]
             vals = [float(v) for v in g["value"] if v is not None and not math.isnan(float(v))]
             if vals:
                 out[f"{label}_{split}_{metric}"] = sum(vals) / len(vals)
+    out.update(_cl_metrics(df, run_id))
+    return out
+
+
+def _cl_metrics(df, run_id: str) -> dict[str, float]:
+    """Final NL Δ (Srivastava Eq. 1) and MAA / BWT over the VL tasks (CoIN), where the rows
+    allow them."""
+    from . import metrics as M
+
+    out: dict[str, float] = {}
+    nl = M.nl_delta_table(df)
+    nl = nl[nl["run_id"] == run_id]
+    if len(nl):
+        last = nl.sort_values("trained_task_index").iloc[-1]
+        for k in ("delta_nl", "delta_nlu", "delta_nlg"):
+            if not math.isnan(float(last[k])):
+                out[f"final_{k}"] = float(last[k])
+    summ = M.cl_summary(df[df["split"] == "vl"]) if (df["split"] == "vl").any() else None
+    if summ is not None and len(summ):
+        r = summ.iloc[0]
+        for k in ("maa", "bwt"):
+            if not math.isnan(float(r[k])):
+                out[f"final_{k}"] = float(r[k])
+    return out
+
+
+def task_metrics(results_dir: str | os.PathLike, run_id: str) -> list[dict[str, Any]]:
+    """One dict per trained task of a run (what a tracker plots over tasks): the task's
+    index and name, the mean of each (split, metric) over datasets, and its NL Δ."""
+    from . import metrics as M
+    from .results import ResultStore
+
+    df = ResultStore(results_dir).read({"run_id": run_id})
+    if df.empty:
+        return []
+    nl = M.nl_delta_table(df).set_index("trained_task_index")
+    out = []
+    for k, sub in df.groupby("trained_task_index", sort=True):
+        row: dict[str, Any] = {"run_id": run_id, "trained_task_index": int(k),
+                               "trained_task": str(sub["trained_task"].iloc[0])}
+        for (split, metric), g in sub.groupby(["split", "metric"], sort=True):
+            vals = [float(v) for v in g["value"] if v is not None and not math.isnan(float(v))]
+            if vals:
+                row[f"{split}_{metric}"] = sum(vals) / len(vals)
+        if k in nl.index and not math.isnan(float(nl.loc[k, "delta_nl"])):
+            row["delta_nl"] = float(nl.loc[k, "delta_nl"])
+        out.append(row)
     return out
 
 
@@ -300,6 +347,11 @@ def run_trial(config: Mapping[str, Any], base_cfg: RunConfig | None = None, run_
     The base config comes from `base_cfg` or the trial config's `base_config` entry (JSON,
     put there by `run_sweep` so that `restore_sweep` needs no base config). The run
     function is called as `run_fn(cfg, progress=..., **config["run_kwargs"])`."""
+    return _trial(config, base_cfg, run_fn, progress)[0]
+
+
+def _trial(config, base_cfg, run_fn, progress) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(final metrics, per-task metrics) of one trial (per-task only for run ids)."""
     if base_cfg is None:
         if BASE_KEY not in config:
             raise ConfigError(f"no base config: pass base_cfg or put {BASE_KEY!r} in the param space")
@@ -311,16 +363,18 @@ def run_trial(config: Mapping[str, Any], base_cfg: RunConfig | None = None, run_
         validate_run_config(cfg)
     fn = run_fn or _default_run_fn()
     out = fn(cfg, progress=progress, **dict(config.get(RUN_KWARGS_KEY) or {}))
+    history: list[dict[str, Any]] = []
     if isinstance(out, Mapping):
         metrics = dict(out)
     elif isinstance(out, str):
         metrics = final_metrics(Path(cfg.output_dir) / "results", out)
+        history = task_metrics(Path(cfg.output_dir) / "results", out)
     elif out is None:
         metrics = {}
     else:
         raise TypeError(f"run function returned {type(out).__name__}; expected a run id or a metrics dict")
     metrics.setdefault("run_name", cfg.name)
-    return metrics
+    return metrics, history
 
 
 def _pgf(resources: Mapping[str, float]):
@@ -356,8 +410,12 @@ def make_trainable(base_cfg: RunConfig | None = None, run_fn: RunFn | None = Non
     from ray import tune
 
     def mllmcl_trial(config: dict) -> None:
-        metrics = run_trial(config, base_cfg, run_fn, progress=progress)
-        tune.report(metrics)  # Tune-function API in Ray 2.60 (ray.train.report is V2 Train's)
+        metrics, history = _trial(config, base_cfg, run_fn, progress)
+        # Tune-function API in Ray 2.60 (ray.train.report is V2 Train's): one result per
+        # trained task (trackers plot them over training_iteration), then the final one
+        for row in history[:-1]:
+            tune.report(row)
+        tune.report({**(history[-1] if history else {}), **metrics})
 
     return tune.with_resources(mllmcl_trial, _pgf(resources) if resources else _resources_from_config)
 
@@ -510,9 +568,150 @@ def restore_sweep(path: str | os.PathLike, run_fn: RunFn | None = None, *, resta
     return sweep_dataframe(tuner.fit())
 
 
+# ---------------------------------------------------------------------------------------
+# grids of runs: what studies run (Tune or sequential), dry runs, command-line overrides
+# ---------------------------------------------------------------------------------------
+def expand_grid(space: Mapping[str, list]) -> list[dict]:
+    """All combinations of a {dotted key: [values]} grid, in a stable order."""
+    import itertools
+
+    keys = list(space)
+    for k in keys:
+        if not isinstance(space[k], (list, tuple)) or not space[k]:
+            raise ConfigError(f"grid key {k!r}: expected a non-empty list of values, got {space[k]!r}")
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(space[k] for k in keys))]
+
+
+def load_run_config(path: str | os.PathLike, sets: list[str] | None = None) -> RunConfig:
+    """A RunConfig from YAML plus `--set key=value` overrides (strict, as the grids)."""
+    from .config import load_yaml
+
+    return apply_config_overrides(from_dict(RunConfig, load_yaml(path)), sets=sets)
+
+
+def apply_config_overrides(base: RunConfig, config: str | os.PathLike | None = None,
+                           sets: list[str] | None = None, workers: int | None = None) -> RunConfig:
+    """A copy of `base` with a YAML file of RunConfig fields merged over it (`--config`),
+    then `--set key=value` overrides (strict dotted keys), then `--workers`."""
+    from .config import _deep_update, load_yaml, parse_override
+
+    data = to_dict(base)
+    if config:
+        _deep_update(data, load_yaml(config), "")
+    cfg = from_dict(RunConfig, data)
+    overrides = dict(parse_override(s) for s in sets or [])
+    if workers is not None:
+        overrides["trainer.num_workers"] = int(workers)
+    return apply_overrides(cfg, overrides) if overrides else cfg
+
+
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+
+
+def tracker_callbacks(tracker: str | None, storage: str | os.PathLike, project: str) -> list:
+    """Ray Tune logger callbacks for `--tracker`, all offline (nothing leaves the machine):
+    tensorboard event files per trial (beside Tune's state), a W&B offline run dir, or an
+    MLflow file store at `<storage>/mlruns`. Trials report once per trained task (the
+    per-task means and NL Δ) and a final result with Δ, MAA and BWT."""
+    if tracker is None:
+        return []
+    if tracker == "tensorboard":
+        try:
+            from ray.tune.logger import TBXLoggerCallback
+            import tensorboardX  # noqa: F401
+        except ImportError:
+            raise ConfigError("--tracker tensorboard needs tensorboardX: pip install tensorboardX") from None
+        return [TBXLoggerCallback()]
+    if tracker == "wandb":
+        try:
+            import wandb  # noqa: F401
+            from ray.air.integrations.wandb import WandbLoggerCallback
+        except ImportError:
+            raise ConfigError("--tracker wandb needs wandb: pip install wandb") from None
+        os.environ["WANDB_MODE"] = "offline"  # read by the callback's setup on the driver
+        return [WandbLoggerCallback(project=project, mode="offline", dir=str(storage))]
+    if tracker == "mlflow":
+        try:
+            import mlflow  # noqa: F401
+            from ray.air.integrations.mlflow import MLflowLoggerCallback
+        except ImportError:
+            raise ConfigError("--tracker mlflow needs mlflow: pip install mlflow") from None
+        uri = Path(storage).resolve() / "mlruns"
+        return [MLflowLoggerCallback(tracking_uri=uri.as_uri(), experiment_name=project)]
+    raise ConfigError(f"unknown tracker {tracker!r}; choose among {', '.join(TRACKERS)}")
+
+
+def run_study(base: RunConfig, space: Mapping[str, list], *, study: str, use_tune: bool = True,
+              max_concurrent: int = 2, progress: bool = True, log=print,
+              tracker: str | None = None) -> list[str]:
+    """Run every combination of `space` over `base` (continual run + evaluation each).
+
+    With `use_tune` the combinations are Ray Tune trials (`run_sweep`: each trial a driver
+    function running its own continual run, `max_concurrent` at a time; restorable); a
+    single combination runs in this process unless a `tracker` wants Tune's loggers.
+    Without Tune they run one after another here. Returns run ids."""
+    from .config import config_hash
+
+    combos = expand_grid(space)
+    for c in combos:  # validate every combination before spending compute
+        apply_overrides(base, c)
+    if tracker and not use_tune:
+        raise ConfigError("--tracker logs through Ray Tune's callbacks: drop --no-tune")
+    if use_tune and (len(combos) > 1 or tracker):
+        spec = SweepSpec(space={k: list(v) for k, v in space.items()}, max_concurrent=max_concurrent)
+        # one Tune experiment per (base config, grid): rerunning the same study restores it
+        # (only unfinished trials run again); a changed grid starts a new experiment, and
+        # finished runs are still skipped because run ids hash their configs.
+        storage = str(Path(base.output_dir).resolve() / "tune")
+        name = f"{study}-{config_hash({'base': to_dict(base), 'space': dict(space)})}"
+        df = run_sweep(base, spec, storage_path=storage, name=name, study=study,
+                       resume=can_restore(str(Path(storage) / name)),
+                       callbacks=tracker_callbacks(tracker, storage, study) or None)
+        return df["run_id"].dropna().astype(str).tolist() if "run_id" in df else []
+    from .runner import run_and_evaluate
+
+    ids = []
+    for i, c in enumerate(combos):
+        log(f"=== {study}: run {i + 1}/{len(combos)}: {c}")
+        ids.append(run_and_evaluate(apply_overrides(base, c), progress=progress, study=study, log=log))
+    return ids
+
+
+def dry_run(base: RunConfig, space: Mapping[str, list], study: str, log=print) -> int:
+    """Validate every run of a grid without training or downloading.
+
+    Returns 0 when every run passes `validate_run_config`, 2 (the user-error status) when
+    any fails; each failing run's error is printed as one line."""
+    from .errors import USER_ERROR_EXIT, one_line
+    from .validate import validate_run_config
+
+    combos = expand_grid(space)
+    bad = 0
+    for i, c in enumerate(combos):
+        cfg = apply_overrides(base, c)
+        try:
+            notes = validate_run_config(cfg)
+        except ConfigError as e:
+            bad += 1
+            log(f"[{study}] run {i + 1}/{len(combos)} {cfg.model.name} {cfg.method.name} seed "
+                f"{cfg.seed}: ERROR {one_line(e)}")
+            continue
+        log(f"[{study}] run {i + 1}/{len(combos)} {cfg.model.name} {cfg.method.name} seed "
+            f"{cfg.seed} recipe {cfg.recipe}: OK")
+        for n in notes:
+            log(f"    {n}")
+    if bad:
+        log(f"[{study}] {bad} of {len(combos)} run configs INVALID (see ERROR lines)")
+        return USER_ERROR_EXIT
+    log(f"[{study}] {len(combos)} run configs valid")
+    return 0
+
+
 __all__ = [
     "SweepSpec", "build_param_space", "check_key", "apply_overrides", "trial_overrides", "grid_size",
     "model_scale_space", "soft_target_alpha_space", "lora_rank_space", "moelora_experts_space",
     "final_metrics", "run_trial", "make_trainable", "default_trial_resources", "run_sweep",
-    "restore_sweep", "can_restore", "sweep_dataframe", "experiment_path",
+    "restore_sweep", "can_restore", "sweep_dataframe", "experiment_path", "task_metrics",
+    "expand_grid", "load_run_config", "apply_config_overrides", "tracker_callbacks", "TRACKERS",
+    "run_study", "dry_run",
 ]

@@ -114,13 +114,19 @@ def _check_backend(name: str) -> None:
 
 
 def _check_kind(es: EvalSet, nl: bool) -> None:
+    """The kind is registered (eval/kinds.py; EvalSet checks it when built) and belongs to
+    the suite the set is listed under (VL/EMT sets under tasks, NL sets under nl_sets)."""
+    from .eval.kinds import UnknownKindError, get_kind, known_kinds
+
     if nl:  # the NL kind may come from the name, `kind` or the records: check_nl_set decides
         return
-    from .eval.suites.vl import VL_KINDS
-
-    if es.kind not in VL_KINDS:
-        raise ConfigError(f"eval set {es.name!r}: kind {es.kind!r} is unknown; known: "
-                          f"{', '.join(VL_KINDS)}")
+    try:
+        kind = get_kind(es.kind)
+    except UnknownKindError as e:
+        raise ConfigError(f"eval set {es.name!r}: {e}") from None
+    if kind.suite == "nl":
+        raise ConfigError(f"eval set {es.name!r}: kind {es.kind!r} is an NL kind; list it under "
+                          f"nl_sets, or use a VL kind ({', '.join(known_kinds('vl'))})")
 
 
 # ---------------------------------------------------------------------------------------
@@ -280,28 +286,33 @@ def _box_problem(bbox) -> str | None:
     return None
 
 
-def _reference_problem(rec: dict, kind: str) -> str | None:
-    from .eval.suites.vl import gt_answer
+def _reference_problem(rec: dict, kind_name: str) -> str | None:
+    """What is wrong with a record's reference for its kind (eval/kinds.py reads it), or
+    None: a box must be 4 numbers in [0, 1] with x1 < x2, y1 < y2; answers and labels
+    must be non-empty."""
+    from .eval.kinds import get_kind
 
-    if kind == "vqa":
-        answers = rec.get("answers")
-        if answers is None:
-            return None if gt_answer(rec).strip() else "has no 'answers' and an empty answer"
-        if not isinstance(answers, list) or not answers or \
-                not all(isinstance(a, str) and a.strip() for a in answers):
-            return "field 'answers' must be a non-empty list of non-empty strings"
-        return None
-    if kind in ("exact", "option"):
-        ans = rec.get("answer", gt_answer(rec))
-        return None if str(ans).strip() else "has an empty answer"
-    if kind == "classification":
-        label = rec.get("label", gt_answer(rec))
-        return None if str(label).strip() else "has an empty label"
-    if kind == "grounding":
+    kind = get_kind(kind_name)
+    if kind.name == "grounding":  # checked before reading: the reader casts to float
         if "bbox" not in rec:
             return "has no 'bbox' (grounding references are [x1, y1, x2, y2])"
         prob = _box_problem(rec["bbox"])
         return f"field 'bbox' {rec['bbox']!r} {prob}" if prob else None
+    if "answers" in rec and kind.reference_field.startswith("answers"):
+        answers = rec["answers"]
+        if not isinstance(answers, list) or not answers or \
+                not all(isinstance(a, str) and a.strip() for a in answers):
+            return "field 'answers' must be a non-empty list of non-empty strings"
+    if kind.reference is None:
+        return None
+    try:
+        ref = kind.reference(rec)
+    except (KeyError, ValueError, TypeError) as e:
+        return f"has no valid reference ({kind.reference_field or 'reference'}): {e}"
+    if isinstance(ref, str) and not ref.strip():
+        return f"has an empty reference ({kind.reference_field or 'answer'})"
+    if isinstance(ref, list) and (not ref or not all(str(a).strip() for a in ref)):
+        return f"has an empty reference ({kind.reference_field or 'answers'})"
     return None
 
 

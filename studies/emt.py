@@ -1,238 +1,115 @@
 """EMT: the MLLM as an image classifier vs its own vision tower (Zhai et al., Fig. 4–7).
 
-Launch on a Ray cluster (paper preset: Vicuna-7B-v1.5 + CLIP ViT-L/14-336 aligned as
-LLaVA-1.5, classification sets MNIST, CIFAR-10, CIFAR-100, miniImagenet; layout below and
-in docs/data.md):
-
     ray job submit --working-dir . -- python studies/emt.py --preset paper --data-root /data
-    ray job submit --working-dir . -- python studies/emt.py --preset paper --data-root /data \\
-        --train-set mnist,cifar10,cifar100,miniimagenet            # Zhai fine-tunes on each
+    python studies/emt.py --train-set shapes --epochs 2     # micro (digits ~ MNIST, shapes ~ CIFAR)
 
-On a laptop with no GPU (micro preset, the default there: digits = MNIST, shapes = CIFAR):
-
-    python studies/emt.py
-    python studies/emt.py --train-set shapes --epochs 2
-    python studies/emt.py --preset paper --data-root /data --dry-run       # check only
-
-What runs:
-
-1. CLIP zero-shot (Fig. 4's reference): the vision tower's own zero-shot accuracy on every
-   classification set (mllmcl_ray/eval/clip_zero_shot.py: one text prompt per class,
-   ``--clip-prompt``, default "a photo of a {label}"; micro "a {label}", the form of the
-   micro CLIP's captions) with the CLIP text tower of the model's vision checkpoint (the
-   paper's ``openai/clip-vit-large-patch14-336`` holds both towers, as does the micro
-   CLIP dir). Rows: metric ``clip_zero_shot``, split ``emt``, trained_task_index 1.
-2. For each method (``--methods``, default linear,lora) and seed: alignment (LLaVA stage 1,
-   projector only), then the EMT zero-shot evaluation of the aligned MLLM on every
-   classification set (``eval.zero_shot``: rows at trained_task_index 1, trained_task
-   "zero_shot"), then ``--epochs`` epochs of fine-tuning on ``--train-set``, evaluating
-   EMT on ALL classification sets after every epoch.
-
-Epochs as tasks: the run's task sequence is the training set repeated, one epoch per
-task, named ``epoch-1`` … ``epoch-N``; so every epoch has a checkpoint and result rows
-and an interrupted run resumes at the last finished epoch. Epoch e is trained task
-index e + 1 (task 1 = before fine-tuning: the zero-shot and CLIP rows). The report's
-EMT figure (fig_emt) puts trained_task_index on x with ticks "1: zero_shot",
-"2: epoch-1", "3: epoch-2", ... and the CLIP accuracy as a flat dashed line. The
-classification sets hang off task ``epoch-1`` (eval_task "epoch-1", eval_task_index 2;
-the dataset column names the set). Because each epoch is a task, the lr schedule
-(warm-up + cosine) restarts every epoch and the optimizer state does not carry over;
-LoRA is merged into the LLM after each epoch and a fresh adapter continues.
-
-Methods (Zhai §5.1): ``linear`` trains the projector only; ``lora`` trains the projector
-and LoRA adapters on every linear layer of the LLM (paper: rank 128, α 256, LLaVA-1.5's
-LoRA setting; micro: rank 32, α 64). Fine-tuning lr 2e-4 (micro 1e-3) for both.
-
-Classification data (paper preset): ``<data_root>/emt/<set>/{train,test}.json`` for the sets
-in ``--sets`` (LLaVA JSON with ``label`` and ``labels``; images under
-``<data_root>/images``), alignment ``<data_root>/continual/align.json`` (``--align``).
-
-Several ``--train-set`` values give one study per set (``emt-<set>``), so the report keeps
-them apart; a single set is study ``emt``. The report is OUT/emt-report.html.
+1. CLIP zero-shot: the vision tower's own accuracy on every classification set (metric
+   ``clip_zero_shot``, trained_task_index 1; ``--clip-prompt``; ``--no-clip`` skips it).
+2. Per method (``--methods linear,lora``) and seed: alignment, EMT of the aligned MLLM on
+   every set (trained_task_index 1, "zero_shot"), then ``--epochs`` epochs on ``--train-set``
+   as tasks ``epoch-1`` … ``epoch-N`` (trained task index 2 … N+1, EMT on every set after
+   each; the lr schedule restarts each epoch, LoRA merges after each). Paper data:
+   <data_root>/emt/<set>/{train,test}.json; several --train-set values are one study each
+   (emt-<set>). Details: docs/studies.md; report: OUT/emt-report.html.
 """
-from __future__ import annotations
-
 import copy
 import hashlib
 import sys
-from pathlib import Path
 
-from mllmcl_ray.config import DataSource, EvalSet, TaskSpec
-from mllmcl_ray.study import (apply_cli_overrides, default_preset, dry_run, finish_study,
-                              results_dir, run_study, study_arg_parser)
+from mllmcl_ray.config import ConfigError, DataSource, EvalSet, TaskSpec
+from mllmcl_ray.presets import method_config
+from mllmcl_ray.study import Arg, PerPreset, Plan, Reproduction, StudySpec
 
-STUDY = "emt"
-PAPER_SETS = ("mnist", "cifar10", "cifar100", "miniimagenet")
-MICRO_SETS = ("digits", "shapes")
-METHOD_NAMES = ("linear", "lora")
+METHODS = {"linear": "linear", "lora": "emt-lora"}  # --methods -> method table
 
-
-def parse_args(argv=None):
-    ap = study_arg_parser(__doc__, default_out="runs/emt")
-    ap.add_argument("--model", default=None,
-                    help="micro default micro-s; paper default vicuna-1.5-7b (LLaVA's LLM)")
-    ap.add_argument("--sets", default=None,
-                    help="classification sets evaluated (paper default "
-                         f"{','.join(PAPER_SETS)}; micro {','.join(MICRO_SETS)})")
-    ap.add_argument("--train-set", default=None,
-                    help="set(s) fine-tuned on, comma-separated: one study each "
-                         "(paper default mnist; micro digits)")
-    ap.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs, 1-3 in Zhai (default 3)")
-    ap.add_argument("--methods", default="linear,lora",
-                    help="comma-separated among linear, lora (default both)")
-    ap.add_argument("--clip-prompt", default=None,
-                    help="CLIP zero-shot text prompt with {label} (paper default "
-                         "'a photo of a {label}'; micro 'a {label}')")
-    ap.add_argument("--no-clip", action="store_true", help="skip the CLIP zero-shot rows")
-    ap.add_argument("--align", default=None,
-                    help="paper preset: alignment JSON (default <data_root>/continual/align.json)")
-    ap.add_argument("--world-size", default="micro", help="micro preset: world size (micro or tiny)")
-    return ap.parse_args(argv)
+REPRODUCTIONS = (
+    Reproduction("fig4", "Fig. 4–7: linear vs LoRA fine-tuning on MNIST (micro: digits), EMT "
+                         "after each epoch, CLIP zero-shot reference", {}),
+    Reproduction("all-sets", "as fig4, fine-tuning on each classification set in turn",
+                 {"train_set": PerPreset("digits,shapes", "mnist,cifar10,cifar100,miniimagenet")}),
+)
 
 
 def epoch_tasks(train: DataSource, sets: list[EvalSet], epochs: int) -> list[TaskSpec]:
     """The training set repeated, one epoch per task; every set evaluated after each."""
-    return [TaskSpec(name=f"epoch-{e}", train=[copy.deepcopy(train)],
-                     eval=list(sets) if e == 1 else [])
+    return [TaskSpec(name=f"epoch-{e}", train=[copy.deepcopy(train)], eval=list(sets) if e == 1 else [])
             for e in range(1, epochs + 1)]
 
 
-def method_configs(names: list[str], rank: int) -> list[dict]:
+def base(ctx):
+    if ctx.args.epochs < 1:
+        raise ConfigError(f"--epochs must be ≥ 1, got {ctx.args.epochs}")
+    if "{label}" not in ctx.args.clip_prompt:
+        raise ConfigError(f"--clip-prompt {ctx.args.clip_prompt!r} must contain {{label}}")
+    sets = ctx.list("sets", ctx.preset.emt_sets())
+    tasks = {s: ctx.preset.emt_task(s) for s in sets}
+    cfg = ctx.preset.run_config(ctx.args.model, tasks=[], study=SPEC.name)
+    cfg.stages.finetune.lr, cfg.stages.finetune.lr_rule = (1e-3 if ctx.micro else 2e-4), "fixed"
+    if ctx.args.align:
+        cfg.align = [ctx.preset.data(ctx.args.align)]
+    cfg.nl_sets = []  # EMT is about the VL classifier; the NL suite is scale_pythia's
+    cfg.eval.zero_shot = True  # EMT of the aligned MLLM before fine-tuning (task 1 rows)
+    train = ctx.list("train_set", sets)[0]
+    cfg.tasks = epoch_tasks(tasks[train].train[0], [t.eval[0] for t in tasks.values()], ctx.args.epochs)
+    return cfg
+
+
+def grid(ctx):
+    return {"method": [method_config(METHODS[m], ctx.preset.name) for m in ctx.list("methods", METHODS)],
+            "seed": ctx.seeds}
+
+
+def plans(ctx, base, grid):
+    """One study per training set (``emt`` for a single one)."""
+    train_sets = ctx.list("train_set", ctx.list("sets"))
     out = []
-    for n in names:
-        if n == "linear":
-            out.append({"name": "linear", "params": {}})
-        else:
-            out.append({"name": "lora", "params": {"lora": {
-                "rank": rank, "alpha": 2.0 * rank, "use_rslora": False, "train_projector": True}}})
+    for ts in train_sets:
+        cfg = copy.deepcopy(base)
+        for t in cfg.tasks:
+            t.train = [copy.deepcopy(ctx.preset.emt_task(ts).train[0])]
+        out.append(Plan(SPEC.name if len(train_sets) == 1 else f"{SPEC.name}-{ts}", cfg, grid))
+    if not ctx.args.no_clip:
+        out[0].note = (f"would compute CLIP zero-shot accuracy with {base.model.vision} (prompt "
+                       f"{ctx.args.clip_prompt!r}) on {', '.join(ctx.list('sets'))}")
     return out
 
 
 def clip_meta(model: str, scale: float | None, clip: str, prompt: str) -> dict:
     key = hashlib.sha256(f"{clip}\x00{prompt}".encode()).hexdigest()[:12]
-    return {"run_id": f"{STUDY}-clip-{model}-{key}", "study": STUDY, "model": model,
-            "scale": float(scale or 0.0), "method": "clip_zero_shot", "method_params": "{}",
-            "seed": 0}
+    return {"run_id": f"{SPEC.name}-clip-{model}-{key}", "study": SPEC.name, "model": model,
+            "scale": float(scale or 0.0), "method": "clip_zero_shot", "method_params": "{}", "seed": 0}
 
 
+def clip_zero_shot(ctx, plans):
+    """The vision tower's own zero-shot accuracy on every set (before any run)."""
+    if ctx.args.no_clip:
+        return
+    import torch
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    preset = args.preset or default_preset()
-    methods = [m for m in args.methods.split(",") if m]
-    bad = [m for m in methods if m not in METHOD_NAMES]
-    if bad or not methods:
-        print(f"unknown method(s) {bad}; choose among {', '.join(METHOD_NAMES)}", file=sys.stderr)
-        return 2
-    if args.epochs < 1:
-        print("--epochs must be >= 1", file=sys.stderr)
-        return 2
-    seeds = [int(s) for s in (args.seeds or "0").split(",")]
+    from mllmcl_ray.eval.clip_zero_shot import evaluate_clip_zero_shot
+    from mllmcl_ray.results import ResultStore
 
-    # --- setup: base model, classification sets, base config ---------------------------
-    if preset == "micro":
-        from mllmcl_ray.data.micro.pretrain import LLM_SIZES
-        from mllmcl_ray.study import micro_run_config, prepare_micro
+    cfg = plans[0].base
+    evaluate_clip_zero_shot(cfg.model.vision, cfg.tasks[0].eval, ResultStore(ctx.out / "results"),
+                            clip_meta(cfg.model.name, cfg.model.scale, cfg.model.vision, ctx.args.clip_prompt),
+                            prompt=ctx.args.clip_prompt, seed=cfg.eval.seed,
+                            device="cuda" if torch.cuda.is_available() else "cpu")
 
-        model = args.model or "micro-s"
-        if model not in LLM_SIZES:
-            print(f"unknown micro scale {model!r}; choose among {list(LLM_SIZES)}", file=sys.stderr)
-            return 2
-        sets = (args.sets or ",".join(MICRO_SETS)).split(",")
-        train_sets = (args.train_set or "digits").split(",")
-        if any(s not in MICRO_SETS for s in sets + train_sets):
-            print(f"micro classification sets are {', '.join(MICRO_SETS)}", file=sys.stderr)
-            return 2
-        prep = prepare_micro(Path(args.out), sizes=[model], world_size=args.world_size,
-                             progress=not args.quiet)
-        print(prep.skill_text())
-        n_eval = 200 if args.eval_samples is None else args.eval_samples
-        base = micro_run_config(prep, model, "linear", seeds[0], out=args.out, study=STUDY,
-                                tasks=list(sets), eval_samples=n_eval)
-        base.stages.finetune.lr, base.stages.finetune.lr_rule = 1e-3, "fixed"
-        # micro_run_config made one task per set with its test set and train source
-        evals = {t.name: t.eval[0] for t in base.tasks}
-        trains = {t.name: t.train[0] for t in base.tasks}
-        prompt = args.clip_prompt or "a {label}"
-        rank = 32
-    else:
-        from mllmcl_ray.presets import PAPER_MODELS, paper_run_config
 
-        if not args.data_root:
-            print("--preset paper needs --data-root (layout: docs/data.md)", file=sys.stderr)
-            return 2
-        model = args.model or "vicuna-1.5-7b"
-        if model not in PAPER_MODELS:
-            print(f"unknown paper model {model!r}; choose among {list(PAPER_MODELS)}", file=sys.stderr)
-            return 2
-        sets = (args.sets or ",".join(PAPER_SETS)).split(",")
-        train_sets = (args.train_set or "mnist").split(",")
-        if any(s not in sets for s in train_sets):
-            print(f"--train-set {train_sets} must be among --sets {sets}", file=sys.stderr)
-            return 2
-        root = Path(args.data_root)
-        images = str(root / "images")
-        n_eval = 1024 if args.eval_samples is None else args.eval_samples
-        workers = 8 if args.workers is None else args.workers
-        base = paper_run_config(model, "linear", seeds[0], root, tasks=(), workers=workers,
-                                out=args.out, model_root=args.model_root, study=STUDY)
-        base.stages.finetune.lr = 2e-4
-        if args.align:
-            base.align = [DataSource(path=args.align, image_root=images)]
-        evals = {s: EvalSet(name=s, path=str(root / "emt" / s / "test.json"), image_root=images,
-                            kind="classification", max_samples=n_eval, max_new_tokens=16)
-                 for s in sets}
-        trains = {s: DataSource(path=str(root / "emt" / s / "train.json"), image_root=images)
-                  for s in sets}
-        prompt = args.clip_prompt or "a photo of a {label}"
-        rank = 128
-    if "{label}" not in prompt:
-        print(f"--clip-prompt {prompt!r} must contain {{label}}", file=sys.stderr)
-        return 2
-    for e in evals.values():
-        e.kind = "classification"
-        if args.eval_samples is not None and args.eval_samples <= 0:
-            e.max_samples = None
-    base.nl_sets = []  # EMT is about the VL classifier; the NL suite is scale_pythia's
-    base.eval.zero_shot = True  # EMT of the aligned MLLM before fine-tuning (task 1 rows)
-    base.tasks = epoch_tasks(trains[train_sets[0]], [evals[s] for s in sets], args.epochs)
-    base = apply_cli_overrides(base, args)
-    base.name = STUDY
-    space = {"method": method_configs(methods, rank), "seed": seeds}
-    plans = []
-    for ts in train_sets:
-        cfg = copy.deepcopy(base)
-        for t in cfg.tasks:
-            t.train = [copy.deepcopy(trains[ts])]
-        plans.append((STUDY if len(train_sets) == 1 else f"{STUDY}-{ts}", cfg))
-    clip = base.model.vision
-    print(f"[{STUDY}] {model}: fine-tune on {', '.join(train_sets)} for {args.epochs} epoch(s) "
-          f"with {', '.join(methods)}; EMT on {', '.join(sets)}; CLIP zero-shot of {clip}")
-
-    if args.dry_run:
-        if not args.no_clip:
-            print(f"[{STUDY}] would compute CLIP zero-shot accuracy with {clip} "
-                  f"(prompt {prompt!r}) on {', '.join(sets)}")
-        return max(dry_run(cfg, space, study) for study, cfg in plans)
-    # --- CLIP zero-shot of the vision tower ------------------------------------------
-    if not args.no_clip:
-        import torch
-
-        from mllmcl_ray.eval.clip_zero_shot import evaluate_clip_zero_shot
-        from mllmcl_ray.results import ResultStore
-
-        evaluate_clip_zero_shot(clip, [evals[s] for s in sets], ResultStore(results_dir(base)),
-                                clip_meta(model, base.model.scale, clip, prompt), prompt=prompt,
-                                seed=base.eval.seed,
-                                device="cuda" if torch.cuda.is_available() else "cpu")
-    # --- align → zero-shot EMT → epochs, EMT after each ----------------------------------
-    for study, cfg in plans:
-        run_study(cfg, space, study=study, use_tune=not args.no_tune,
-                  max_concurrent=args.max_concurrent, progress=not args.quiet)
-    # --- report ----------------------------------------------------------------------
-    finish_study(base, STUDY)
-    return 0
-
+SPEC = StudySpec(
+    name="emt", doc=__doc__, base=base, grid=grid, plans=plans, before_runs=clip_zero_shot,
+    reproductions=REPRODUCTIONS,
+    args=(Arg("--model", "the MLLM's LLM", default=PerPreset("micro-s", "vicuna-1.5-7b")),
+          Arg("--sets", "classification sets evaluated", default=PerPreset("digits,shapes",
+                                                                           "mnist,cifar10,cifar100,miniimagenet")),
+          Arg("--train-set", "set(s) fine-tuned on, comma-separated: one study each",
+              default=PerPreset("digits", "mnist")),
+          Arg("--epochs", "fine-tuning epochs (1-3 in Zhai)", default=3, type=int),
+          Arg("--methods", "comma-separated among linear, lora", default="linear,lora"),
+          Arg("--clip-prompt", "CLIP zero-shot prompt with {label}",
+              default=PerPreset("a {label}", "a photo of a {label}")),
+          Arg("--no-clip", "skip the CLIP zero-shot rows", flag_only=True),
+          Arg("--align", "paper preset: alignment JSON under the data root (default continual/align.json)")))
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(SPEC.main())

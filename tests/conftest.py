@@ -21,3 +21,17 @@ def ray_local(tmp_path_factory):
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
     yield ray
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need a CUDA device: skipped where there is none."""
+    gpu = [it for it in items if "gpu" in it.keywords]
+    if not gpu:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (pytest marker `gpu`)")
+    for it in gpu:
+        it.add_marker(skip)

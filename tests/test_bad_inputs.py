@@ -90,7 +90,7 @@ CASES = [
     ("parallel-typo", lambda d, dd, r: d["stages"]["finetune"].update(parallel="fsdp"), [],
      "parallel strategy 'fsdp' is unknown"),
     ("eval-kind-typo", lambda d, dd, r: d["tasks"][0]["eval"][0].update(kind="vqa2"), [],
-     "kind 'vqa2' is unknown"),
+     "EvalSet 'colour': unknown eval kind 'vqa2'"),
     ("llm-missing-dir", lambda d, dd, r: d["model"].update(llm=str(r / "no" / "such-llm")), [],
      "no/such-llm does not exist"),
     ("llm-dir-without-config", lambda d, dd, r: (r / "emptydir").mkdir(exist_ok=True)
@@ -198,7 +198,7 @@ def test_good_config_and_float_spellings_pass(world, tmp_path, capsys):
 
 
 def test_explicit_lr_wins_over_the_scaled_rule(world, tmp_path, capsys):
-    from mllmcl_ray.study import load_run_config
+    from mllmcl_ray.sweep import load_run_config
 
     root, base = world
     data = json.loads(json.dumps(base))

@@ -31,6 +31,11 @@ def test_plan_is_align_then_tasks(trained):
     llava = merge(cfg, {"recipe": "llava"})
     assert [s.key for s in plan_steps(llava)] == ["02-align", "02-llava"]
     assert len(plan_steps(llava)[1].sources) == 2
+    # task 2 = the alignment captions + the first task: later tasks know both (rehearsal)
+    steps = plan_steps(cfg)
+    assert steps[1].align_sources == cfg.align and steps[1].previous_align == {}
+    assert steps[2].align_sources == [] and steps[2].previous_align == {"colour": cfg.align}
+    assert steps[2].previous_sources == {"colour": cfg.tasks[0].train}
 
 
 def test_loss_falls_on_each_task(trained):
@@ -124,3 +129,119 @@ def test_feature_cache_matches_pixels(tmp_path):
         assert x.summary["losses"] == pytest.approx(y.summary["losses"], rel=1e-4, abs=1e-5)
     shards = list((tmp_path / "b" / "cache" / "features").rglob("shard-*.safetensors"))
     assert shards
+
+
+def test_epoch_end_steps():
+    from mllmcl_ray.config import StageConfig
+    from mllmcl_ray.train.loop import epoch_end_steps
+    from mllmcl_ray.train.schedule import num_optimizer_steps
+
+    def ends(n, epochs, max_steps=None, gbs=8):
+        st = StageConfig(global_batch_size=gbs, epochs=epochs, max_steps=max_steps)
+        return epoch_end_steps(n, st, num_optimizer_steps(st, n))
+
+    assert ends(48, 3.0) == {6: 1, 12: 2, 18: 3}  # 48 / 8 = 6 steps an epoch
+    assert ends(50, 2.0) == {7: 1, 12: 2}  # ceil(50/8) = 7; floor(100/8) = 12 steps in all
+    assert ends(48, 0.5) == {3: 1}  # a part of an epoch ends at the stage's end
+    assert ends(48, 2.0, max_steps=4) == {4: 1}  # cut short inside epoch 1
+
+
+def test_eval_every_epoch_checkpoints_inside_one_task(tmp_path):
+    """EMT protocol: one task, one lr schedule, one optimizer, one (LoRA) adapter,
+    evaluated after every epoch: the epoch-1 checkpoint is the model a run stopped after
+    epoch 1 ends with, and checkpointing does not disturb training."""
+    import dataclasses
+
+    base = tiny_run_config(tmp_path / "w", steps=None, n_train=16)
+    base = merge(base, {"method": {"name": "lora", "params": {"lora": {"rank": 4, "dropout": 0.0}}},
+                        "stages": {"finetune": {"schedule": "constant", "epochs": 3.0}}})
+    base.tasks, base.align = base.tasks[:1], []
+    epochs_cfg = merge(base, {"output_dir": str(tmp_path / "epochs")})
+    epochs_cfg.tasks = [dataclasses.replace(base.tasks[0], eval_every_epoch=True)]
+    calls = []
+
+    def evaluate(cfg, step, ckpt, run_id):
+        if step is not None and step.stage == "finetune":
+            calls.append((step.epoch, Path(ckpt).name))
+
+    out = ContinualRun(epochs_cfg, evaluate=evaluate, log=lambda s: None).run()
+    assert calls == [(1, "02-colour-epoch01"), (2, "02-colour-epoch02"), (0, "02-colour")]
+    summary = out[-1].summary
+    assert summary["total_steps"] == 6 and len(summary["losses"]) == 6  # one schedule
+    plain = ContinualRun(merge(base, {"output_dir": str(tmp_path / "plain")}),
+                         log=lambda s: None).run()
+    assert plain[-1].summary["losses"] == summary["losses"]  # training undisturbed
+    final = load_mllm(Path(out[-1].checkpoint) / "model").model.state_dict()
+    ref = load_mllm(Path(plain[-1].checkpoint) / "model").model.state_dict()
+    assert all(torch.equal(final[k], ref[k]) for k in ref)
+    # the epoch-1 checkpoint = the model of a run stopped after 2 steps (16 / 8 = 1 epoch)
+    short = ContinualRun(merge(base, {"output_dir": str(tmp_path / "short"),
+                                      "stages": {"finetune": {"max_steps": 2}}}),
+                         log=lambda s: None).run()
+    assert short[-1].summary["losses"] == summary["losses"][:2]
+    epoch1 = Path(out[-1].checkpoint).parent / "02-colour-epoch01"
+    got = load_mllm(epoch1 / "model").model.state_dict()  # a plain LLaVA: LoRA merged
+    want = load_mllm(Path(short[-1].checkpoint) / "model").model.state_dict()
+    assert got.keys() == want.keys()
+    assert all(torch.allclose(got[k], want[k], atol=1e-6) for k in want)
+    assert not (epoch1 / "method_state").exists()
+    # a rerun skips training and evaluates the same checkpoints again, in the same order
+    calls.clear()
+    again = ContinualRun(epochs_cfg, evaluate=evaluate, log=lambda s: None).run()
+    assert all(o.skipped for o in again)
+    assert calls == [(1, "02-colour-epoch01"), (2, "02-colour-epoch02"), (0, "02-colour")]
+
+
+@pytest.mark.gpu
+def test_step_on_gpu_in_bf16_learns_and_saves_a_cpu_loadable_checkpoint(tmp_path):
+    from mllmcl_ray.train.strategies import make_strategy
+    from mllmcl_ray.train.task import run_step
+
+    cfg = merge(tiny_run_config(tmp_path, steps=6), {"trainer": {"use_gpu": True}})
+    strategy = make_strategy("none", cfg.trainer, torch.device("cuda", 0))
+    assert strategy.mixed_precision == "bf16"  # "auto" on a GPU
+    step = plan_steps(cfg)[1]  # the first VL task, from the base model
+    summary = run_step(cfg, step, None, tmp_path / "ckpt", strategy=strategy, progress=False)
+    losses = summary["losses"]
+    assert len(losses) == 6 and all(l == l for l in losses) and losses[-1] < losses[0]
+    back = load_mllm(tmp_path / "ckpt" / "model")
+    assert next(back.model.parameters()).device.type == "cpu"
+
+
+def test_callbacks_see_every_hook_in_order(tmp_path):
+    from mllmcl_ray.train.callbacks import TrainCallback
+    from mllmcl_ray.train.task import run_step
+
+    class Record(TrainCallback):
+        def __init__(self):
+            self.log = []
+
+        def on_stage_start(self):
+            self.log.append(("start", self.state.step.key, self.state.rank))
+
+        def on_step_end(self, step, loss):
+            self.log.append(("step", step))
+
+        def on_log(self, metrics):
+            self.log.append(("log", metrics["step"]))
+
+        def on_checkpoint(self, step, optimizer_state):
+            self.log.append(("ckpt", step, sorted(optimizer_state)))
+
+        def on_epoch_end(self, epoch, step):
+            self.log.append(("epoch", epoch, step))
+
+        def on_train_end(self):
+            self.log.append(("end",))
+
+        def on_save(self, path):
+            self.log.append(("save", Path(path).name))
+
+    # 16 samples, global batch 8: 2 steps an epoch, 2 epochs = 4 steps
+    cfg = merge(tiny_run_config(tmp_path, n_train=16),
+                {"trainer": {"log_every": 2, "checkpoint_every": 3}})
+    rec = Record()
+    run_step(cfg, plan_steps(cfg)[1], None, tmp_path / "ck", callbacks=[rec], progress=False)
+    assert rec.log == [("start", "02-colour", 0), ("step", 1), ("step", 2), ("log", 2),
+                       ("epoch", 1, 2), ("step", 3), ("ckpt", 3, ["optimizer", "scheduler"]),
+                       ("step", 4), ("log", 4), ("epoch", 2, 4), ("end",), ("save", "ck")]

@@ -202,3 +202,23 @@ def test_prompt_image_mismatch_is_an_error(tok, images):
         eng.generate([GenRequest("<image> hi", None, 2)])
     with pytest.raises(ValueError, match="exactly one"):
         eng.generate([GenRequest("hi", images[0], 2)])
+
+
+def test_sampling_requests_reach_the_generation_config(tok):
+    """The CoIN judge samples (temperature 0.7, top-p 0.8, repetition penalty 1.05); a
+    greedy request keeps do_sample=False; one batch never mixes the two."""
+    m = tiny(tok, "gpt_neox")
+    eng = HFEngine(m, batch_size=4)
+    greedy = eng._generation_config(8, GenRequest("x", None, 8))
+    assert greedy.do_sample is False
+    sampled = eng._generation_config(20, GenRequest("x", None, 20, temperature=0.7, top_p=0.8,
+                                                    repetition_penalty=1.05))
+    assert (sampled.do_sample, sampled.temperature, sampled.top_p, sampled.repetition_penalty) == (
+        True, 0.7, 0.8, 1.05)
+    with pytest.raises(ValueError, match="mixes sampling"):
+        eng._generate_batch([[1, 2], [3]], [GenRequest("a", None, 2),
+                                            GenRequest("b", None, 2, temperature=0.7)])
+    torch.manual_seed(0)
+    out = eng.generate([GenRequest(m.template.prompt([{"from": "human", "value": "hi"}]), None, 4,
+                                   temperature=0.7, top_p=0.8, repetition_penalty=1.05)])
+    assert len(out) == 1 and len(eng.last_token_ids[0]) <= 4

@@ -217,6 +217,87 @@ def test_vl_kinds_and_ocr_option(tmp_path):
     assert add_ocr_tokens("what is it?", ["a"]) == "what is it?\nReference OCR token: a"
 
 
+# ---------------------------------------------------------------------------------------
+# eval-kind registry
+# ---------------------------------------------------------------------------------------
+def test_unknown_kind_is_a_config_error_listing_the_known_kinds():
+    from mllmcl_ray.config import ConfigError, RunConfig, from_dict
+
+    with pytest.raises(ConfigError, match=r"EvalSet 'x': unknown eval kind 'vqa2'.*vqa_2021.*"
+                       r"textvqa.*exact_ci.*label_contain.*gqa.*grounding"):
+        EvalSet(name="x", kind="vqa2")
+    with pytest.raises(ConfigError, match="unknown eval kind 'bogus'"):
+        from_dict(RunConfig, {"tasks": [{"name": "t", "eval": [{"name": "e", "kind": "bogus"}]}]})
+    # NL kinds match by prefix, as the NL suite names its datasets
+    assert EvalSet(name="arc_easy", kind="arc_easy").kind == "arc_easy"
+
+
+def test_every_kind_fixed_in_kinds_md_is_registered():
+    from mllmcl_ray.eval import kinds
+
+    for name in ("vqa", "vqa_2021", "textvqa", "exact_ci", "label_contain", "option", "gqa",
+                 "grounding", "exact", "classification"):
+        k = kinds.get_kind(name)
+        assert k.scorer is not None and k.reference is not None and k.max_new_tokens > 0
+        assert k.source and k.doc
+
+
+def test_grounding_budget_fits_a_box_for_every_paper_tokenizer():
+    """A two-decimal box is 24 Llama-2 tokens (sentencepiece splits digits; measured), 17
+    GPT-2/Phi-2 tokens (measured) and at most its 24 bytes with GPT-NeoX's byte-level BPE.
+    Bound used here: byte-level BPE ≤ bytes; sentencepiece ≤ characters + 1 (the leading
+    "▁"); + 1 end-of-text token. Three-decimal boxes must fit too."""
+    from mllmcl_ray.eval import kinds
+
+    budget = kinds.default_max_new_tokens("grounding")
+    for box in ("[0.12, 0.34, 0.56, 0.78]", "[0.123, 0.345, 0.567, 0.789]"):
+        assert budget >= len(box.encode()) + 1 + 1
+    assert budget > 16  # the old default cut a Llama-2 box at "[0.12, 0.34, 0.5"
+
+
+def test_budget_none_uses_the_kind_default_and_truncated_boxes_are_counted(tmp_path):
+    files = make_vl_data(tmp_path / "vl")
+    eng = ScriptedEngine(answers={"ball 0": "[0.1, 0.1, 0.5, 0.5]", "ball 1": "[0.12, 0.34, 0.5"})
+    g = run_vl_set(eng, EvalSet(name="refcoco", path=files["grounding"], kind="grounding"))
+    assert [r.max_new_tokens for r in eng.gen_calls] == [40, 40]
+    assert g.decoding["max_new_tokens"] == 40
+    assert g.metrics == {"accuracy": 0.5, "grounding_truncated": 0.5, "grounding_unparseable": 0.0}
+    assert sorted(p["outcome"] for p in g.predictions) == ["hit", "truncated"]
+    eng.gen_calls.clear()
+    run_vl_set(eng, EvalSet(name="refcoco", path=files["grounding"], kind="grounding",
+                            max_new_tokens=64))
+    assert {r.max_new_tokens for r in eng.gen_calls} == {64}
+
+
+def test_judge_samples_as_coin_and_uses_the_grounding_rule():
+    from mllmcl_ray.eval.judge import COIN_GROUNDING_RULE, COIN_RULE
+
+    class Recording(ScriptedEngine):
+        def generate(self, requests):
+            self.gen_calls.extend(requests)
+            return ["8"] * len(requests)
+
+    eng = Recording()
+    j = Judge(eng, judge_id="qwen")
+    r = j.judge_answers([("ball 0", "[0.1, 0.1, 0.5, 0.5]", "[0.1, 0.1, 0.5, 0.5]")],
+                        rule="CoIN_Grounding")
+    req = eng.gen_calls[0]
+    assert (req.temperature, req.top_p, req.repetition_penalty, req.max_new_tokens) == (
+        0.7, 0.8, 1.05, 20)
+    assert COIN_GROUNDING_RULE in req.prompt and "You are a helpful assistant." in req.prompt
+    assert r.score == 80.0
+    info = j.info()
+    assert info["judge_sampling"]["temperature"] == 0.7 and info["judge"] == "qwen"
+    eng.gen_calls.clear()
+    j.judge_answers([("q", "a", "a")])
+    assert COIN_RULE in eng.gen_calls[0].prompt and COIN_GROUNDING_RULE not in eng.gen_calls[0].prompt
+    # EMT's yes/no decision stays greedy, and its rows say so
+    eng.gen_calls.clear()
+    j.judge_emt([("cat", "a cat")])
+    assert eng.gen_calls[0].temperature == 0.0
+    assert j.info("emt-judge-v1")["judge_sampling"]["greedy"] is True
+
+
 def test_emt_decisions(tmp_path):
     files = make_vl_data(tmp_path / "vl")
     # c0 (circle): correct; c1 (square): names two labels (intrinsic); c2 (triangle): none (extrinsic)
@@ -261,7 +342,7 @@ class CountingJudgeEngine(ScriptedEngine):
 
 
 def test_judge_parsing_and_cache(tmp_path):
-    replies = {"answer one": "8", "answer two": "Score: 7/10", "answer three": "I cannot tell"}
+    replies = {"answer one": "8", "answer two": "7/10", "answer three": "I cannot tell"}
     items = [("what is it?", "red", "answer one"), ("how many?", "2", "answer two"),
              ("where?", "box", "answer three")]
     built = []
@@ -273,7 +354,8 @@ def test_judge_parsing_and_cache(tmp_path):
     j1 = Judge(factory, judge_id="judge-a", cache_path=tmp_path / "cache.sqlite")
     r = j1.judge_answers(items)
     assert r.scores == [8.0, 7.0, None]
-    assert r.score == pytest.approx(100 * 15 / 20) and r.n_unparseable == 1 and r.n_scored == 2
+    # CoIN evaluate_score.py: "8" -> 8, "7/10" -> 7, no digit -> 0 in N: 100*15/(10*3)
+    assert r.score == pytest.approx(100 * 15 / 30) and r.n_unparseable == 1 and r.n_scored == 2
     assert built[0].calls == 1 and j1.generated == 3
     assert "[Ground truth answer]\nred" in coin_judge_prompt("what is it?", "red", "answer one")
     # a rerun (new process, same cache): no engine is built, no call made, same scores
@@ -346,6 +428,12 @@ def test_evaluator_writes_all_columns_and_rerun_writes_none(world, tmp_path):
     judge_row = df[df.metric == "judge_score"].iloc[0]
     assert judge_row.split == "judge" and json.loads(judge_row.decoding)["judge"] == world["ckpt"]
     assert judge_row.eval_set_hash == vqa.eval_set_hash
+    # judge rows: CoIN's sampling and rule recorded; Grounding judged by CoIN_Grounding
+    dec = json.loads(judge_row.decoding)
+    assert dec["judge_sampling"]["temperature"] == 0.7 and dec["judge_rule"] == "CoIN"
+    ref_judge = df[(df.dataset == "refcoco") & (df.metric == "judge_score")].iloc[0]
+    assert ref_judge.prompt_version.endswith("/CoIN_Grounding")
+    assert {("vqa", "refcoco", "grounding_truncated"), ("vqa", "vqa", "judge_unparseable_count")} <= got
     assert df.checkpoint_id.eq(world["ckpt"]).all() and df.method_params.eq('{"lr": 0.0001}').all()
     assert len(preds.read()) == 2 + 2 + 2 + 3 + 2 + 3
     # rerun: nothing is computed (no engine built), nothing written
@@ -382,3 +470,16 @@ def test_ray_actor_pool_streams_rows(world, tmp_path, ray_cluster):
     assert set(df.run_id) == {"r1", "r2"} and set(df.dataset) == {"arc_easy", "vqa"}
     assert len(preds.read()) == 2 * (2 + 3)
     assert len(evaluate_many(jobs, store=store, predictions=preds, cfg=cfg, num_actors=1)) == 0
+
+
+def test_docs_list_every_eval_kind_with_its_source():
+    from pathlib import Path
+
+    from mllmcl_ray.eval import kinds
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "evaluation.md").read_text()
+    table = text.split("## Eval kinds")[1].split("###")[0]
+    for name, k in kinds.KINDS.items():
+        assert f"`{name}`" in table, name
+    for task in ("ScienceQA", "TextVQA", "ImageNet", "GQA", "VizWiz", "Grounding", "VQAv2", "OCR-VQA"):
+        assert f"| {task} |" in text.split("### CoIN task → scorer")[1]

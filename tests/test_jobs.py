@@ -35,11 +35,13 @@ RAY = str(Path(sys.executable).with_name("ray"))
 # The study job, as `ray job submit --working-dir <JOB_WORKING_DIR> -- <JOB_ENTRYPOINT>`:
 # studies/scale_pythia.py from an uploaded copy of the repository (Ray leaves out .git,
 # .venv and what .gitignore names), really run on its micro preset with its fastest
-# options: the tiny world, the `nano` base LLM, one method, one seed, no Tune. It generates
+# options: the tiny world, the `nano` base LLM, one method, the continual recipe (the default
+# reproduction, Fig. 3b, is the LLaVA recipe), one seed, no Tune. It generates
 # the world, pretrains the nano bases, runs alignment + the 4 continual tasks with
 # evaluation after each, and writes the report ({out} is a temp dir of the test).
 JOB_ENTRYPOINT = ("python studies/scale_pythia.py --preset micro --world-size tiny --scales nano "
-                  "--methods naive --seeds 0 --no-tune --eval-samples 8 --quiet --out {out}")
+                  "--methods naive --recipes continual --seeds 0 --no-tune --eval-samples 8 --quiet "
+                  "--out {out}")
 JOB_WORKING_DIR = ROOT
 JOB_EXPECT = "report: "
 # A self-contained smoke job beside it (written into a temp working dir): imports a module

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,7 +42,7 @@ from mllmcl_ray.methods.moelora import (
 )
 from mllmcl_ray.methods.rehearsal import Rehearsal, RehearsalParams
 from mllmcl_ray.methods.soft_targets import soft_target_loss
-from mllmcl_ray.models.build import build_mllm, load_mllm, unwrap
+from mllmcl_ray.models.build import build_mllm, unwrap
 from mllmcl_ray.models.tokenizers import train_bpe_tokenizer
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
@@ -403,6 +404,34 @@ def test_rehearsal_buffer(tmp_path):
     assert [len(d) for d in out] == [10, 13, 25]
 
 
+def test_rehearsal_task2_buffer_includes_the_alignment_captions(tmp_path):
+    # Srivastava Table 4: task 2 = CC-LAION-SBU captions + the first instruction set, so
+    # its 1 % buffer holds 1 % of each: round(0.01 × 558) = 6 captions, round(1.3) = 1
+    reh = Rehearsal(RehearsalParams(fraction=0.01))
+    caps, a, b = _Ids("cap", 558), _Ids("a", 130), _Ids("b", 250)
+    ctx_a = TaskContext(2, "a", "finetune", align_data=caps)
+    assert reh.train_data([a], ctx_a) == [a]  # nothing to rehearse in task 2 itself
+    reh.finish_task(None, ctx_a)
+    assert {k: len(v["indices"]) for k, v in reh.buffer.items()} == {"a": 1, "a/align": 6}
+    assert reh.buffer["a/align"]["size"] == 558
+    assert all(i.startswith("cap-") for i in reh.buffer["a/align"]["ids"])
+    ctx_b = TaskContext(3, "b", "finetune", previous_tasks=["a"], previous_data={"a": a},
+                        previous_align_data={"a": caps})
+    mixed = reh.train_data([b], ctx_b)
+    assert [len(d) for d in mixed] == [250, 1, 6]
+    assert [s["id"] for s in mixed[2]] == reh.buffer["a/align"]["ids"]
+    reh.finish_task(None, ctx_b)  # task 3 keeps 1 % of its own data only: round(2.5) = 2
+    assert {k: len(v["indices"]) for k, v in reh.buffer.items()} == {"a": 1, "a/align": 6, "b": 2}
+    # task 4 rehearses all three parts: 250 + 1 + 6 + 2
+    ctx_c = TaskContext(4, "c", "finetune", previous_tasks=["a", "b"],
+                        previous_data={"a": a, "b": b}, previous_align_data={"a": caps})
+    assert [len(d) for d in reh.train_data([_Ids("c", 10)], ctx_c)] == [10, 1, 6, 2]
+    reh.save_state(tmp_path)
+    back = Rehearsal(RehearsalParams(fraction=0.01))
+    back.load_state(tmp_path)
+    assert back.buffer == reh.buffer
+
+
 # ---------------------------------------------------------------------------------------
 # registry and composition
 # ---------------------------------------------------------------------------------------
@@ -424,24 +453,96 @@ def test_registry_and_composites():
 
 
 # ---------------------------------------------------------------------------------------
-# the battery: every registered method through a 2-task continual run
+# the contract: every hook the trainer calls is declared on the base and forwarded
+# ---------------------------------------------------------------------------------------
+HOOKS = ("prepare_model", "train_data", "before_training", "token_loss", "penalty",
+         "finish_task", "save_state", "load_state", "save_model", "load_model",
+         "snapshot_model")
+
+
+def test_every_hook_is_declared_on_the_base_and_forwarded_by_the_stack():
+    from mllmcl_ray.methods.base import MethodStack
+
+    for hook in HOOKS:
+        assert hook in vars(ContinualMethod), hook  # a no-op default, never probed
+        assert hook in vars(MethodStack), hook  # the stack calls its methods' hook
+    assert "expand" in vars(ContinualMethod) and ContinualMethod.components == ()
+    ctx = TaskContext(2, "t", "finetune")
+    base = ContinualMethod()
+    assert base.train_data(["d"], ctx) == ["d"]
+    assert base.token_loss(None, None, ctx) is None and base.penalty(None, {}, None, ctx) is None
+    assert base.save_model(None, None) is False and base.load_model(None, None) is None
+    assert base.snapshot_model("m") == "m"
+    with pytest.raises(AttributeError):  # frozen: the trainer builds it complete
+        ctx.collate = object()
+
+
+class _Calls(ContinualMethod):
+    """Records the hooks a stack calls, in order."""
+
+    def __init__(self, log):
+        super().__init__(None)
+        self.log = log
+        for hook in HOOKS:
+            setattr(self, hook, self._rec(hook, getattr(self, hook)))
+
+    def _rec(self, hook, fn):
+        def call(*a, **k):
+            self.log.append(hook)
+            return fn(*a, **k)
+        return call
+
+
+def test_method_stack_forwards_every_hook_in_order(world, tmp_path):
+    from mllmcl_ray.methods.base import MethodStack
+
+    log = []
+    a, b = _Calls(log), _Calls(log)
+    a.name, b.name = "a", "b"
+    stack = MethodStack([a, b])
+    ctx = TaskContext(2, "t", "finetune")
+    logits, targets = torch.randn(3, 5), torch.tensor([0, 1, 2])
+    stack.prepare_model(tiny_mllm(world), ctx)
+    stack.train_data([], ctx)
+    stack.before_training(None, ctx)
+    loss = stack.token_loss(logits, targets, ctx)  # nobody replaces it: cross-entropy
+    assert float(loss) == pytest.approx(float(F.cross_entropy(logits, targets)))
+    assert stack.penalty(None, {}, logits, ctx) is None
+    stack.finish_task(None, ctx)
+    stack.save_state(tmp_path)
+    stack.load_state(tmp_path)
+    assert stack.save_model(None, tmp_path) is False and stack.load_model(tmp_path, None) is None
+    assert stack.snapshot_model("m") == "m"
+    assert log == [h for h in HOOKS for _ in "ab"]
+
+
+# ---------------------------------------------------------------------------------------
+# the battery: every registered method through the same 2-task continual run and checks
 # ---------------------------------------------------------------------------------------
 class _Probe(ContinualMethod):
-    """Records the trained model's logits on a fixed batch at each task's end (runs first)."""
+    """Runs first in every battery run: records the hooks the trainer calls, the model it
+    prepares, and the trained model's logits on a fixed batch at each task's end."""
 
     seen: dict = {}
     prepared: dict = {}
+    calls: list = []
 
     def prepare_model(self, mllm, ctx):
+        _Probe.calls.append((ctx.task_name, ctx.stage, "prepare_model"))
         adapter = {k: v.detach().clone() for k, v in unwrap(mllm.model).state_dict().items()
                    if "lora_" in k}
         _Probe.prepared[ctx.task_name] = (type(mllm.model).__name__, adapter)
 
     def train_data(self, datasets, ctx):
+        _Probe.calls.append((ctx.task_name, ctx.stage, "train_data"))
         self._samples = [datasets[0][i] for i in range(3)]
         return datasets
 
+    def before_training(self, module, ctx):
+        _Probe.calls.append((ctx.task_name, ctx.stage, "before_training"))
+
     def finish_task(self, mllm, ctx):
+        _Probe.calls.append((ctx.task_name, ctx.stage, "finish_task"))
         collate = Collator(mllm.tokenizer.pad_token_id, mllm.image_processor)
         batch = collate(self._samples)
         with torch.no_grad():
@@ -458,6 +559,7 @@ BATTERY_PARAMS = {
     "rehearsal": {"fraction": 0.1},
 }
 BATTERY = sorted(METHODS) + ["msgm+rehearsal"]
+_RUNS: dict = {}
 
 
 @pytest.fixture(scope="module")
@@ -468,16 +570,13 @@ def probe():
     METHODS.pop("test_probe", None)
 
 
-@pytest.mark.parametrize("method", BATTERY)
-def test_method_battery(method, world, probe, tmp_path_factory):
-    from mllmcl_ray.train.continual import ContinualRun
-
+def battery_config(method, world):
     names = method.split("+")
-    expanded = set(names) | {c for n in names for c in getattr(METHODS[n], "components", ())}
+    expanded = set(names) | {c for n in names for c in METHODS[n].components}
     params = {k: v for k, v in BATTERY_PARAMS.items() if k in expanded}
     stage = StageConfig(lr=3e-3, global_batch_size=8, per_device_batch_size=4, max_steps=4,
                         warmup_ratio=0.0, schedule="constant")
-    cfg = RunConfig(
+    return RunConfig(
         name=f"battery-{method}", model=world["spec"],
         output_dir=str(world["root"] / "runs"),  # shared: tokenised data and features are cached
         stages=StagesConfig(align=StageConfig(lr=1e-3, global_batch_size=8, per_device_batch_size=8,
@@ -487,34 +586,92 @@ def test_method_battery(method, world, probe, tmp_path_factory):
                TaskSpec("name", [DataSource(world["data"]["name"])])],
         method=MethodConfig("test_probe+" + method, params),
         trainer=TrainerConfig(num_workers=0, log_every=100))
-    outcomes = ContinualRun(cfg, log=lambda s: None).run()
+
+
+def battery_run(method, world, probe):
+    """The battery's run of `method` (cached: the per-method tests below read it too)."""
+    from mllmcl_ray.train.continual import ContinualRun
+
+    if method not in _RUNS:
+        _Probe.seen, _Probe.prepared, _Probe.calls = {}, {}, []
+        cfg = battery_config(method, world)
+        outcomes = ContinualRun(cfg, log=lambda s: None).run()
+        _RUNS[method] = {"cfg": cfg, "outcomes": outcomes, "seen": dict(_Probe.seen),
+                         "prepared": dict(_Probe.prepared), "calls": list(_Probe.calls)}
+    return _RUNS[method]
+
+
+@pytest.mark.parametrize("method", BATTERY)
+def test_method_battery(method, world, probe, tmp_path):
+    from mllmcl_ray.train.task import load_step_model
+
+    run = battery_run(method, world, probe)
+    cfg, outcomes = run["cfg"], run["outcomes"]
     assert [o.step.key for o in outcomes] == ["02-align", "02-colour", "03-name"]
+    # the trainer called the hooks of each fine-tuning task in order, none at alignment
+    hooks = ["prepare_model", "train_data", "before_training", "finish_task"]
+    assert run["calls"] == [(t, "finetune", h) for t in ("colour", "name") for h in hooks]
+    # it learns the first task
     first = outcomes[1].summary["losses"]
     assert len(first) == 4 and np.mean(first[-2:]) < np.mean(first[:2]), first
-    state = outcomes[-1].checkpoint + "/method_state"
-    if "rehearsal" in names:
-        assert outcomes[2].summary["samples"] == 32 + round(0.1 * 32)
-        buffer = json.loads(open(state + "/rehearsal/buffer.json").read())
-        assert {k: len(v["ids"]) for k, v in buffer.items()} == {"colour": 3, "name": 3}
-    if "ewc" in names:
-        assert json.loads(open(state + "/ewc/ewc.json").read())["tasks"] == ["colour", "name"]
-    model_dir = outcomes[-1].checkpoint + "/model"
-    if "moelora" in names:
-        assert is_moelora_checkpoint(model_dir)
-        back = load_moelora_checkpoint(model_dir)
-        assert len(moelora_modules(back.model)) == 8
-        # task 3 continued task 2's experts: its model came in wrapped, with task 2's adapter
-        kind, adapter = _Probe.prepared["name"]
-        saved = load_file(outcomes[1].checkpoint + "/model/moelora/adapter.safetensors")
-        assert kind == "PeftModel" and set(adapter) == set(saved)
-        assert all(torch.equal(adapter[k], saved[k]) for k in saved)
-        assert _Probe.prepared["colour"][1] == {}  # after alignment: a plain model
-    else:
-        assert not is_moelora_checkpoint(model_dir)
-        back = load_mllm(model_dir)
-    samples, logits = _Probe.seen["name"]
+    # the final checkpoint opens the way evaluation opens it, with the trainer's logits
+    back = load_step_model(cfg, outcomes[-1].checkpoint, build_methods(cfg.method))
+    samples, logits = run["seen"]["name"]
     batch = Collator(back.tokenizer.pad_token_id, back.image_processor)(samples)
     with torch.no_grad():
         again = training_module(back.model)(batch["input_ids"], batch["attention_mask"],
                                             pixel_values=batch["pixel_values"])
     assert torch.allclose(again, logits, atol=1e-4), float((again - logits).abs().max())
+    # the method state survives a save/load round trip byte for byte
+    state = outcomes[-1].checkpoint + "/method_state"
+    methods = build_methods(cfg.method)
+    methods.load_state(state)
+    methods.save_state(tmp_path)
+    saved = sorted(p.relative_to(state).as_posix() for p in Path(state).rglob("*") if p.is_file())
+    again_files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")
+                         if p.is_file())
+    assert saved == again_files
+    for rel in saved:
+        assert (tmp_path / rel).read_bytes() == open(f"{state}/{rel}", "rb").read(), rel
+
+
+def test_battery_rehearsal_keeps_task2_alignment_and_instructions(world, probe):
+    run = battery_run("rehearsal", world, probe)
+    outcomes = run["outcomes"]
+    # task 3 trains on its 32 samples + 10 % of task 2: round(3.2) instructions + round(1.6)
+    # alignment captions (task 2 = captions + instructions, Srivastava Table 4)
+    assert outcomes[2].summary["samples"] == 32 + 3 + 2
+    buffer = json.loads(open(outcomes[-1].checkpoint + "/method_state/rehearsal/buffer.json").read())
+    assert {k: len(v["ids"]) for k, v in buffer.items()} == {"colour": 3, "colour/align": 2,
+                                                           "name": 3}
+    assert all(i.startswith("caption") for i in buffer["colour/align"]["ids"])
+    assert buffer["colour/align"]["size"] == 16
+
+
+def test_battery_ewc_consolidates_both_tasks(world, probe):
+    run = battery_run("ewc", world, probe)
+    state = run["outcomes"][-1].checkpoint + "/method_state"
+    assert json.loads(open(state + "/ewc/ewc.json").read())["tasks"] == ["colour", "name"]
+
+
+def test_battery_moelora_continues_its_experts(world, probe):
+    run = battery_run("moelora", world, probe)
+    outcomes = run["outcomes"]
+    model_dir = outcomes[-1].checkpoint + "/model"
+    assert is_moelora_checkpoint(model_dir)
+    assert len(moelora_modules(load_moelora_checkpoint(model_dir).model)) == 8
+    # task 3 continued task 2's experts: its model came in wrapped, with task 2's adapter
+    kind, adapter = run["prepared"]["name"]
+    saved = load_file(outcomes[1].checkpoint + "/model/moelora/adapter.safetensors")
+    assert kind == "PeftModel" and set(adapter) == set(saved)
+    assert all(torch.equal(adapter[k], saved[k]) for k in saved)
+    assert run["prepared"]["colour"][1] == {}  # after alignment: a plain model
+
+
+@pytest.mark.parametrize("method", BATTERY)
+def test_battery_checkpoint_format_is_the_declared_one(method, world, probe):
+    run = battery_run(method, world, probe)
+    model_dir = run["outcomes"][-1].checkpoint + "/model"
+    # plain_checkpoints: a plain LLaVA dir; otherwise the method's own format (MoELoRA)
+    assert is_moelora_checkpoint(model_dir) == (not build_methods(run["cfg"].method).plain_checkpoints)
+    assert (Path(model_dir) / "config.json").exists()

@@ -86,7 +86,7 @@ def test_tiny_is_fast_and_complete(world):
 
 def test_manifest_describes_tasks(m):
     kinds = {k: t.eval for k, t in m.vl.items()}
-    assert kinds == {"caption": "exact", "instruct": "exact", "vqa": "vqa", "ocr": "exact",
+    assert kinds == {"caption": "exact", "instruct": "exact", "vqa": "vqa_norm", "ocr": "exact",
                      "grounding": "grounding", "digits": "classification", "shapes": "classification"}
     assert m.vl["digits"].labels == list(V.DIGIT_WORDS)
     assert m.vl["shapes"].labels == list(V.CLASS_SHAPES)

@@ -46,7 +46,9 @@ def _probe_batch(root: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def ray_run(ray_local, tmp_path_factory):
-    from train_world import make_world, tiny_config
+    import ray.cloudpickle
+    import train_world
+    from train_world import FailOnce, SaveLogits, make_world, tiny_config
 
     from mllmcl_ray.train.checkpoint import RunState
     from mllmcl_ray.train.continual import ContinualRun
@@ -58,8 +60,9 @@ def ray_run(ray_local, tmp_path_factory):
                       num_workers=2, checkpoint_every=2, keep_last=2, max_failures=1,
                       max_steps=6)
     torch.save(_probe_batch(root), tmp / "probe-batch.pt")
-    backend = RayBackend(probe={"batch": str(tmp / "probe-batch.pt"), "out": str(tmp / "probe.pt")},
-                         fail_once={"rank": 1, "step": 3, "marker": str(tmp / "failed-once")})
+    ray.cloudpickle.register_pickle_by_value(train_world)  # the workers cannot import tests/
+    backend = RayBackend(callbacks=[SaveLogits(tmp / "probe-batch.pt", tmp / "probe.pt"),
+                                    FailOnce(rank=1, step=3, marker=tmp / "failed-once")])
 
     def crash_after_first_task(cfg_, step, ckpt, run_id):
         if step is not None and step.key == "02-colour":

@@ -184,8 +184,11 @@ def test_report_file_structure(full):
     for cite in ("Fig. 2a", "Fig. 2b", "Fig. 3b", "Fig. 4a", "CoIN §3.1.3", "CoIN Tables 2–9", "Zhai et al."):
         assert cite in text
     # plain summary table, one row per config
-    summary = text.split('id="section-summary"')[1]
+    summary = text.split('id="section-summary"')[1].split('id="section-claims"')[0]
     assert summary.count("<tr") == 1 + 9
+    # the report ends with the paper-claims table: header + one row per registered claim
+    claims = text.split('id="section-claims"')[1]
+    assert claims.count("<tr") == 1 + 4 and "Paper claims" in claims
     # atomic write leaves no temp file
     assert [p.name for p in full["out"].parent.iterdir()] == ["report.html"]
 
@@ -337,15 +340,19 @@ def test_cl_metrics_table_coin_layout(full):
     t = fig["data"][0]
     cols = t["meta"]["columns"]
     assert cols[:5] == ["study", "method", "model", "seeds", "line"]
-    assert cols[-4:] == ["MAA", "BWT", "MFT", "MFN"]
+    assert cols[-4:] == ["MAA", "BWT (CoIN, 1/T)", "MFT", "MFN"]
     assert {"llava", "vqa", "ocr", "ref"} <= set(cols)
     cells = dict(zip(cols, t["cells"]["values"]))
     i = next(i for i, (m, mo) in enumerate(zip(cells["method"], cells["model"]))
              if m.startswith("msgm+rehearsal") and mo == "micro-s")
     summ = M.cl_summary(df).set_index("run_id").loc["cl/micro-s/msgm+rehearsal/s0"]
-    for c in ("maa", "bwt", "mft", "mfn"):
+    for c in ("maa", "mft", "mfn"):
         assert cells[c.upper()][i] == f"{summ[c] * 100:.2f}"
     tasks, m = M.accuracy_matrix(df, "cl/micro-s/msgm+rehearsal/s0", exclude=("nl",))
+    # CoIN's printed BWT: Σ_{t<T}(a[T][t] − a[t][t]) / T, here T = 3 tasks
+    coin_bwt = sum(m[2, j] - m[j, j] for j in range(2)) / 3
+    assert cells["BWT (CoIN, 1/T)"][i] == f"{coin_bwt * 100:.2f}"
+    assert abs(summ["bwt"] - coin_bwt) > 1e-6  # GEM's 1/(T−1) differs
     assert cells["line"][i].startswith("after learning") and cells["line"][i + 1].startswith("final")
     for j, task in enumerate(tasks):
         assert cells[task][i] == f"{m[j, j] * 100:.2f}"  # a[t][t]
@@ -424,3 +431,118 @@ def test_report_main_cli(tmp_path, capsys):
     assert sorted(p.name for p in out.parent.iterdir()) == ["rep.html"]
     assert report_main([str(tmp_path / "missing"), "-o", str(out)]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------
+# paper claims table (report/claims.py)
+# --------------------------------------------------------------------------------------
+from mllmcl_ray.report import claims as C  # noqa: E402
+
+NL4 = {"lambada": "nlg", "arc_easy": "nlu", "arc_challenge": "nlu", "winogrande": "nlu"}
+
+
+def _claim_run(rows, *, method, seed, recipe, dg, du, vl=None, zero_shot=None, model="pythia-160m"):
+    """A run whose NL accuracies fall from 0.6 by dg (Lambada) and du (each NLU set), so
+    Δ_NLG = dg and Δ_NLU = du exactly; VL accuracy `vl` after its task, `zero_shot` after
+    alignment."""
+    run = dict(run_id=f"{recipe}/{model}/{method}/s{seed}", study=recipe, model=model,
+               scale=1.6e8, method=method, seed=seed)
+    last = (2, "llava") if recipe == "llava" else (3, "vqa")
+    for ds, split in NL4.items():
+        rows.append(_row(run, 1, "base", "nl", 1, ds, split, "accuracy", 0.6))
+        rows.append(_row(run, last[0], last[1], "nl", 1, ds, split, "accuracy",
+                         0.6 - (dg if split == "nlg" else du)))
+    task = "llava" if recipe == "llava" else "vqa"
+    if vl is not None:
+        rows.append(_row(run, last[0], last[1], task, last[0], "vqav2", "vl", "accuracy", vl))
+    if zero_shot is not None:
+        rows.append(_row(run, 1, "zero_shot", task, last[0], "vqav2", "vl", "accuracy", zero_shot))
+
+
+def _hm_delta(dg, du):  # Δ_NL with the harmonic ω over 1 NLG + 3 NLU sets, base 0.6
+    return 0.6 - 4 / (1 / (0.6 - dg) + 3 / (0.6 - du))
+
+
+def _df(rows):
+    import pandas as pd
+    return pd.DataFrame(rows)
+
+
+def test_claims_hold_with_exact_numbers():
+    rows = []
+    for s, (dg_n, dg_st) in enumerate([(0.20, 0.05), (0.15, 0.02)]):
+        _claim_run(rows, method="naive", seed=s, recipe="llava", dg=dg_n, du=0.02, vl=0.40,
+                   zero_shot=0.01)
+        _claim_run(rows, method="soft_targets", seed=s, recipe="llava", dg=dg_st, du=0.0,
+                   vl=0.35, zero_shot=0.01)
+        _claim_run(rows, method="naive", seed=s, recipe="continual", dg=0.3, du=0.05)
+        _claim_run(rows, method="msgm+rehearsal", seed=s, recipe="continual", dg=0.1, du=0.0)
+    t = C.claims_table(_df(rows)).set_index("claim")
+    assert set(t["verdict"]) == {C.HOLDS}
+    assert (t["seeds"] == 2).all()
+    st = t.loc[C.CLAIMS["soft_targets_below_naive_llava"].text, "this run"]
+    g = [100 * (_hm_delta(0.20, 0.02) - _hm_delta(0.05, 0.0)),
+         100 * (_hm_delta(0.15, 0.02) - _hm_delta(0.02, 0.0))]
+    assert st == f"{np.mean(g):.2f} ± {np.std(g, ddof=1):.2f} (s0: {g[0]:.2f}, s1: {g[1]:.2f})"
+    # NLG − NLU per seed: mean over the 4 runs of that seed (points)
+    nl = C.nlg_minus_nlu(_df(rows))
+    assert nl[0] == pytest.approx(100 * np.mean([0.20 - 0.02, 0.05, 0.3 - 0.05, 0.1]))
+    # fine-tuned 0.40 / 0.35 vs zero-shot 0.01 on the LLaVA runs: mean 36.5 points per seed
+    assert C.finetuned_minus_zero_shot(_df(rows)) == {0: pytest.approx(36.5), 1: pytest.approx(36.5)}
+    md = C.claims_markdown(_df(rows))
+    assert md.count("| holds |") == 4 and "Srivastava et al. Table 1" in md
+
+
+def test_claims_fail_and_lack_seeds():
+    rows = []
+    # seed 1: Soft Targets forget more than naive -> the claim does not hold
+    for s, (dg_n, dg_st) in enumerate([(0.20, 0.05), (0.05, 0.20)]):
+        _claim_run(rows, method="naive", seed=s, recipe="llava", dg=dg_n, du=0.0)
+        _claim_run(rows, method="soft_targets", seed=s, recipe="llava", dg=dg_st, du=0.0)
+    # continual recipe: one seed only
+    _claim_run(rows, method="naive", seed=0, recipe="continual", dg=0.3, du=0.0)
+    _claim_run(rows, method="msgm+rehearsal", seed=0, recipe="continual", dg=0.1, du=0.0)
+    t = C.claims_table(_df(rows)).set_index("claim")
+    v = t["verdict"]
+    assert v[C.CLAIMS["soft_targets_below_naive_llava"].text] == C.DOES_NOT_HOLD
+    assert v[C.CLAIMS["msgm_rehearsal_below_naive_continual"].text] == C.NOT_ENOUGH_SEEDS
+    # no zero-shot rows: nothing measured
+    zs = C.CLAIMS["vl_finetuned_above_zero_shot"].text
+    assert v[zs] == C.NOT_ENOUGH_SEEDS and t.loc[zs, "this run"] == "no rows"
+    # a small fine-tuning gain (5 points) is not "≫" (threshold 10)
+    rows2 = []
+    for s in (0, 1):
+        _claim_run(rows2, method="naive", seed=s, recipe="llava", dg=0.1, du=0.0, vl=0.30,
+                   zero_shot=0.25)
+    assert C.claims_table(_df(rows2), ["vl_finetuned_above_zero_shot"])["verdict"][0] == C.DOES_NOT_HOLD
+    assert C.verdict([1.0, -0.1]) == C.DOES_NOT_HOLD and C.verdict([0.5, 0.2]) == C.HOLDS
+    with pytest.raises(KeyError, match="unknown claim"):
+        C.claims_table(_df(rows), ["nope"])
+
+
+def test_results_cli_prints_claims(tmp_path, capsys):
+    from mllmcl_ray.cli import main
+
+    rows = []
+    for s in (0, 1):
+        _claim_run(rows, method="naive", seed=s, recipe="llava", dg=0.2, du=0.0)
+        _claim_run(rows, method="soft_targets", seed=s, recipe="llava", dg=0.05, du=0.0)
+    write_store(tmp_path / "res", rows)
+    assert main(["results", "--claims", str(tmp_path / "res")]) == 0
+    out = capsys.readouterr().out
+    assert "## Paper claims" in out
+    line = next(x for x in out.splitlines() if "Soft Targets forget less" in x)
+    assert line.rstrip().endswith("| holds |")
+
+
+def test_claims_for_a_study_are_its_own():
+    import pandas as pd
+
+    assert C.claims_for(pd.DataFrame({"study": ["coin", "coin"]})) == ["vl_finetuned_above_zero_shot"]
+    assert C.claims_for(pd.DataFrame({"study": ["emt"]})) == []
+    assert C.claims_for(pd.DataFrame({"study": ["coin-alphabet-10type-vol0.4", "coin-baselines"]})) == [
+        "vl_finetuned_above_zero_shot"]
+    assert C.claims_for(pd.DataFrame({"study": ["unlisted"]})) == list(C.CLAIMS)
+    assert len(C.claims_table(pd.DataFrame({"study": ["coin"], "eval_task": ["x"], "split": ["vl"],
+                                            "metric": ["accuracy"], "trained_task": ["t"],
+                                            "run_id": ["r"]}))) == 1

@@ -201,23 +201,16 @@ def _dist_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    batch = _probe_batch(Path(root))
+    from train_world import SaveLogits
+
+    torch.save(_probe_batch(Path(root)), Path(out) / f"batch-{rank}.pt")
     for label, parallel, method, trainer in RUNS:
         cfg = _cfg(root, out, method, parallel=parallel, **trainer)
         strategy = make_strategy(parallel, cfg.trainer, world_size=world)
-        inner = strategy.gather_into
-
-        def gather_into(module, mllm, inner=inner, label=label, strategy=strategy):
-            module.eval()  # the trainer's (sharded) model as it ends the task
-            with torch.no_grad():
-                logits = module(**batch)
-            if rank == 0:
-                torch.save(logits, Path(out) / f"probe-{label}.pt")
-            inner(module, mllm)
-
-        strategy.gather_into = gather_into
+        # the trainer's (sharded) model as it ends the task, before the gather
+        probe = SaveLogits(Path(out) / f"batch-{rank}.pt", Path(out) / f"probe-{label}.pt")
         summary = run_step(cfg, plan_steps(cfg)[0], None, Path(out) / label, strategy=strategy,
-                           progress=False)
+                           callbacks=[probe], progress=False)
         if rank == 0:
             (Path(out) / f"{label}.json").write_text(json.dumps(summary["losses"]))
     dist.destroy_process_group()
@@ -276,3 +269,53 @@ def test_estimate_mfu_nanogpt_rule():
         estimate_mfu(10, 1.0, 0.0)
     with pytest.raises(ValueError):
         estimate_mfu(0, 1.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------
+# ParamLayout: how a method (EWC) reaches FSDP2 shards without knowing about DTensors
+# ---------------------------------------------------------------------------------------
+def _layout_worker(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from mllmcl_ray.methods.ewc import ewc_penalty
+    from mllmcl_ray.train.strategies.fsdp import FSDPStrategy
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    g = torch.Generator().manual_seed(0)
+    theta, fisher, anchor = (torch.randn(4, 3, generator=g) for _ in range(3))
+    fisher = fisher.abs()
+    mesh = init_device_mesh("cpu", (world,))
+    p = nn.Parameter(distribute_tensor(theta, mesh, [Shard(0)]))
+    layout = FSDPStrategy("full_shard")
+    rows = slice(2 * rank, 2 * rank + 2)  # Shard(0) of 4 rows over 2 ranks
+    ok = torch.equal(layout.local(p).detach(), theta[rows])
+    ok &= torch.equal(layout.shard_like(fisher, p), fisher[rows])
+    pen = ewc_penalty([(p, layout.shard_like(fisher, p), layout.shard_like(anchor, p))], 0.1,
+                      layout=layout)
+    pen.backward()  # differentiable through the local shard
+    ok &= p.grad is not None
+    total = pen.detach().clone()
+    dist.all_reduce(total)  # the ranks' shares add up to the whole penalty
+    (Path(out) / f"layout-{rank}.json").write_text(json.dumps(
+        {"ok": bool(ok), "total": float(total)}))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_fsdp_param_layout_gives_methods_their_shards(tmp_path):
+    import torch.multiprocessing as mp
+
+    from mllmcl_ray.methods.ewc import ewc_penalty
+    from mllmcl_ray.models.training import ParamLayout
+
+    mp.spawn(_layout_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    g = torch.Generator().manual_seed(0)
+    theta, fisher, anchor = (torch.randn(4, 3, generator=g) for _ in range(3))
+    whole = float(ewc_penalty([(theta, fisher.abs(), anchor)], 0.1, layout=ParamLayout()))
+    assert whole == pytest.approx(0.05 * float((fisher.abs() * (theta - anchor) ** 2).sum()))
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"layout-{rank}.json").read_text())
+        assert got["ok"] and got["total"] == pytest.approx(whole, rel=1e-6)

@@ -1,8 +1,9 @@
-"""The study scripts (studies/*.py) and the library pieces they added.
+"""The study scripts (studies/*.py: StudySpecs) and the library pieces they added.
 
-- every study's --help runs and documents its options;
-- every paper preset validates with --dry-run against a fake data root and fake local model
-  dirs (nothing is downloaded: HF_HUB_OFFLINE=1), and a missing data file is reported;
+- every study's --help runs and documents its options and reproductions;
+- every paper preset and every named reproduction validates with --dry-run against a fake
+  data root and fake local model dirs (nothing is downloaded: HF_HUB_OFFLINE=1), a missing
+  data file is reported, a missing data root is one clear error line (exit 2);
 - CoIN instruction variants (mllmcl_ray/data/instructions.py);
 - CLIP zero-shot accuracy (mllmcl_ray/eval/clip_zero_shot.py) on a tiny CLIP;
 - the zero-shot evaluation after alignment (eval.zero_shot) and EMT's epochs-as-tasks rows,
@@ -45,10 +46,11 @@ HELP_OPTIONS = {
 def test_help_documents_options(name, capsys):
     mod = load_study(name)
     with pytest.raises(SystemExit) as e:
-        mod.parse_args(["--help"])
+        mod.SPEC.parse_args(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for opt in ["--preset", "--dry-run", "--data-root", "--model-root", *HELP_OPTIONS[name]]:
+    for opt in ["--preset", "--dry-run", "--data-root", "--model-root", "--reproduce", "--tracker",
+                "--debug", *HELP_OPTIONS[name], *(r.name for r in mod.SPEC.reproductions)]:
         assert opt in out, f"{name} --help does not mention {opt}"
 
 
@@ -111,42 +113,60 @@ def test_paper_dry_run(name, fake_root, capsys):
     extra, victim = DRY[name]
     argv = ["--preset", "paper", "--data-root", str(data), "--model-root", str(models),
             "--out", str(out), "--dry-run", *extra]
-    rc = mod.main(argv)
+    rc = mod.SPEC.main(argv)
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "run configs valid" in text and "MISSING" not in text
     assert "(local dir)" in text and "hub id" not in text
     assert not (out / "cache").exists()  # a dry run writes nothing (no rewritten prompts)
     (data / victim).unlink()
-    rc = mod.main(argv)
+    rc = mod.SPEC.main(argv)
     text = capsys.readouterr().out
     assert rc == 2  # a missing data file fails the dry run (the user-error status)
     assert "ERROR" in text and f"{data / victim} does not exist" in text
+    assert "ERROR" in text and f"{data / victim} does not exist" in text
+
+
+def context(mod, argv):
+    """The StudyContext the study's functions see for `argv` (paper preset, fake paths)."""
+    from mllmcl_ray.study.cli import make_context
+
+    return make_context(mod.SPEC, mod.SPEC.parse_args(["--preset", "paper", "--data-root", "/nonexistent",
+                                                       *argv]), log=lambda s: None)
 
 
 def test_study_grids():
+    from mllmcl_ray.config import ConfigError
+
     mit = load_study("mitigation")
-    grid = mit.method_grid(["methods", "lora", "alpha"], list(mit.METHODS), [0.001, 0.01, 0.1])
-    labels = [label for label, _ in grid]
-    assert labels.count("naive") == 1 and "lora (1/2 full rank, rsLoRA)" not in labels  # = lora
-    assert sum(m["name"] == "lora" for _, m in grid) == 6  # lora + 5 other Table 2 rows
-    assert {m["params"]["soft_targets"]["alpha"] for _, m in grid if m["name"] == "soft_targets"} \
+    ms = mit.grid(context(mit, ["--variants", "all", "--methods", "all"]))["method"]
+    assert sum(m["name"] == "naive" for m in ms) == 1  # naive once, though three variants name it
+    assert sum(m["name"] == "lora" for m in ms) == 6  # lora (= Table 2's rsLoRA row) + 5 other rows
+    assert {m["params"]["soft_targets"]["alpha"] for m in ms if m["name"] == "soft_targets"} \
         == {0.001, 0.01, 0.1}
-    qkv = [m for label, m in grid if "KQV" in label][0]["params"]["lora"]
-    assert qkv == {"rank": 0.5, "alpha": 8.0, "use_rslora": True, "target": "attention_qkv"}
+    qkv = [m for m in ms if m["params"].get("lora", {}).get("target") == "attention_qkv"]
+    assert [m["params"]["lora"] for m in qkv] == [
+        {"rank": 0.5, "alpha": 8.0, "use_rslora": True, "target": "attention_qkv"}]
+    fig3a = mit.grid(context(mit, []))["method"]  # the default reproduction: Fig. 3a's four
+    assert [m["name"] for m in fig3a] == ["naive", "lora", "msgm", "soft_targets"]
 
     coin = load_study("coin")
-    ms = coin.method_configs(["lora", "moelora", "ewc", "lwf"], [1, 2, 8], 128, 1000)
+    ctx = context(coin, ["--methods", "lora,moelora,ewc,lwf", "--experts", "1,2,8"])
+    ms = coin.grid(ctx)["method"]
+    # CoIN's LoRA is MoELoRA with one expert: "moelora" with 1 expert is the same config
     assert [m["name"] for m in ms] == ["moelora", "moelora", "moelora", "moelora+ewc", "moelora+lwf"]
     assert ms[0]["params"]["moelora"] == {"num_experts": 1, "rank": 128, "alpha": 256.0,
                                           "use_rslora": False, "train_projector": False}
-    assert coin.resolve_order("alphabet", list(coin.PAPER_TASKS)) == [
+    assert [m["params"]["moelora"]["num_experts"] for m in ms[:3]] == [1, 2, 8]
+    assert ms[3]["params"]["ewc"] == {"lam": 0.1, "fisher_samples": 1000}
+    alpha = context(coin, ["--order", "alphabet"])
+    assert alpha.order("order", list(alpha.preset.coin_tasks())) == [
         "GQA", "Grounding", "ImageNet", "OCR-VQA", "ScienceQA", "TextVQA", "VizWiz", "VQAv2"]
-    assert coin.resolve_order("vqa,ocr", list(coin.MICRO_TASKS)) == ["vqa", "ocr"]
-    with pytest.raises(ValueError):
-        coin.resolve_order("vqa,nope", list(coin.MICRO_TASKS))
-    assert coin.level_study("paper", "original", 1.0) == "coin"
-    assert coin.level_study("alphabet", "10type", 0.4) == "coin-alphabet-10type-vol0.4"
+    assert [t.name for t in coin.base(context(coin, ["--order", "vqav2,gqa"])).tasks] == ["VQAv2", "GQA"]
+    with pytest.raises(ConfigError, match="--order"):
+        coin.base(context(coin, ["--order", "GQA,nope"]))
+    assert coin.level(context(coin, []), "original", 1.0) == "coin"
+    assert coin.level(alpha, "10type", 0.4) == "coin-alphabet-10type-vol0.4"
 
     emt = load_study("emt")
     from mllmcl_ray.config import DataSource, EvalSet
@@ -347,7 +367,8 @@ def test_clip_zero_shot_rows_from_dir(tiny_clip, tmp_path):
             "method": "clip_zero_shot", "method_params": "{}", "seed": 0}
     es = EvalSet("colours", str(data), kind="classification", max_samples=None)
     rows = evaluate_clip_zero_shot(str(tiny_clip["dir"]), [es], store, meta, log=lambda s: None)
-    assert len(rows) == 1 and set(rows[0]) == set(RESULT_SCHEMA.names)
+    # every column but `epoch`, which a row may omit (results.RESULT_DEFAULTS: 0)
+    assert len(rows) == 1 and set(rows[0]) | {"epoch"} == set(RESULT_SCHEMA.names)
     r = rows[0]
     assert (r["metric"], r["split"], r["trained_task_index"], r["eval_task"], r["dataset"], r["n"]) \
         == ("clip_zero_shot", "emt", 1, "colours", "colours", 6)
@@ -446,3 +467,282 @@ def test_emt_epochs_rows_and_figure(tmp_path, tiny_clip):
     ax = fig.layout.xaxis
     assert list(ax.ticktext) == ["1: zero_shot", "2: epoch-1", "3: epoch-2"]
     assert any((t.meta or {}).get("kind") == "clip_zero_shot" for t in fig.data)
+
+
+# ---------------------------------------------------------------------------------------
+# StudySpec: reproductions, user errors, the method table, presets, import arrows
+# ---------------------------------------------------------------------------------------
+ALL_REPROS = [(name, r.name) for name in STUDIES for r in load_study(name).SPEC.reproductions]
+
+
+@pytest.mark.parametrize("name,repro", ALL_REPROS)
+def test_every_reproduction_validates_on_paper(name, repro, fake_root, capsys):
+    """Each named reproduction builds valid run configs on the paper preset; only data the
+    fake root lacks would fail it (every file docs/data.md names is there)."""
+    data, models, out = fake_root
+    for m in ("pythia-410m-deduped", "pythia-1b-deduped", "pythia-1.4b-deduped", "pythia-2.8b-deduped",
+              "pythia-1.4b-deduped-synthetic-instruct", "phi-2", "Llama-2-7b-hf"):
+        (models / m).mkdir(exist_ok=True)
+        mt = "phi" if m.startswith("phi") else "llama" if m.startswith("Llama") else "gpt_neox"
+        (models / m / "config.json").write_text(json.dumps({"model_type": mt}))
+    rc = load_study(name).SPEC.main(["--preset", "paper", "--data-root", str(data), "--model-root",
+                                     str(models), "--out", str(out), "--dry-run", "--reproduce", repro])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "run configs valid" in text and "MISSING" not in text and "hub id" not in text
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_paper_without_data_is_one_clear_line(name, tmp_path, capsys):
+    mod = load_study(name)
+    rc = mod.SPEC.main(["--preset", "paper", "--dry-run", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err == f"{name}: error: --preset paper needs --data-root DIR (its layout: docs/data.md)\n"
+    from mllmcl_ray.config import ConfigError
+
+    # --debug: the traceback too
+    rc = mod.SPEC.main(["--preset", "paper", "--dry-run", "--debug", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" in err and "--data-root" in err
+    # no data root at all: each run names its missing file, exit 2
+    rc = mod.SPEC.main(["--preset", "paper", "--dry-run", "--data-root", str(tmp_path / "none"),
+                        "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 2 and "ERROR" in out and str(tmp_path / "none") in out
+
+
+BAD_ARGS = [
+    ("scale_pythia", ["--methods", "naive,nope"], "--methods: unknown value(s) nope"),
+    ("scale_pythia", ["--scales", "pythia-9b"], "unknown paper model 'pythia-9b'"),
+    ("scale_pythia", ["--recipes", "mixed"], "--recipes: unknown value(s) mixed"),
+    ("scale_pythia", ["--seeds", "0,x"], "--seeds '0,x': expected comma-separated integers"),
+    ("scale_pythia", ["--set", "stages.finetune.lrr=1"], "finetune has no key 'lrr'"),
+    ("mitigation", ["--variants", "everything"], "--variants: unknown value(s) everything"),
+    ("mitigation", ["--variants", "alpha", "--alphas", "0.1,big"], "--alphas '0.1,big': expected comma-separated numbers"),
+    ("coin", ["--volumes", "0.4,1.5"], "--volumes '0.4,1.5': fractions must be in (0, 1]"),
+    ("coin", ["--order", "GQA,GQA"], "--order 'GQA,GQA': tasks must be distinct names"),
+    ("coin", ["--instructions", "20type"], "--instructions: unknown value(s) 20type"),
+    ("coin", ["--experts", "two", "--methods", "moelora"], "--experts 'two': expected comma-separated integers"),
+    ("emt", ["--epochs", "0"], "--epochs must be ≥ 1, got 0"),
+    ("emt", ["--clip-prompt", "a photo"], "--clip-prompt 'a photo' must contain {label}"),
+    ("emt", ["--train-set", "svhn"], "--train-set: unknown value(s) svhn"),
+    ("emt", ["--tracker", "tensorboard", "--no-tune"], "--tracker logs through Ray Tune's callbacks"),
+    ("mitigation", ["--max-concurrent", "0"], "--max-concurrent must be ≥ 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("name,argv,message", BAD_ARGS)
+def test_user_errors_are_one_line_exit_2(name, argv, message, fake_root, capsys):
+    data, models, out = fake_root
+    rc = load_study(name).SPEC.main(["--preset", "paper", "--data-root", str(data), "--out", str(out),
+                                     "--dry-run", *argv])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith(f"{name}: error: ") and err.count("\n") == 1 and message in err, err
+
+
+def test_reproduction_values_and_user_flags(capsys):
+    sp = load_study("scale_pythia")
+    ctx = context(sp, ["--reproduce", "fig5"])
+    assert (ctx.args.methods, ctx.args.recipes, ctx.seeds) == ("naive,msgm+rehearsal", "continual", [0, 1])
+    assert ctx.args.scales == "pythia-160m,pythia-410m,pythia-1b,pythia-1.4b"  # PerPreset: paper value
+    g = sp.grid(ctx)
+    assert [m["name"] for m in g["method"]] == ["naive", "msgm+rehearsal"] and g["recipe"] == ["continual"]
+    assert g["method"][1]["params"] == {"soft_targets": {"alpha": 0.01}, "rehearsal": {"fraction": 0.01},
+                                        "lora": {"rank": 0.5, "alpha": 8.0, "use_rslora": True,
+                                                 "target": "all_linear"}}
+    ctx = context(sp, ["--methods", "naive", "--seeds", "3"])  # the user's flags win; default fig3b
+    assert ctx.reproduction.name == "fig3b" and ctx.args.recipes == "llava"
+    assert ctx.args.methods == "naive" and ctx.seeds == [3]
+    assert ctx.args.scales.split(",") == ["pythia-160m", "pythia-410m", "pythia-1b", "pythia-1.4b", "pythia-2.8b"]
+    t1 = context(sp, ["--reproduce", "table1"])
+    assert t1.args.scales == "pythia-410m" and len(sp.grid(t1)["method"]) == 6
+    assert len(sp.grid(context(sp, ["--reproduce", "fig2b"]))["model"]) == 9  # the paper's 9 LLMs
+
+
+def test_spec_declaration_errors():
+    from mllmcl_ray.config import ConfigError
+    from mllmcl_ray.study import Arg, Reproduction, StudySpec
+
+    with pytest.raises(ConfigError, match="no reproduction"):
+        StudySpec("s", "doc", base=None, grid=None, reproductions=())
+    with pytest.raises(ConfigError, match="unknown option"):
+        StudySpec("s", "doc", base=None, grid=None, reproductions=(Reproduction("r", "d", {"scales": "x"}),),
+                  args=(Arg("--methods", "m"),))
+
+
+def test_method_table():
+    """Every named method builds (its params validate) on both presets; α = 0.01 is written
+    once; CoIN's "lora" is MoELoRA with one expert."""
+    import re
+
+    from mllmcl_ray.methods.base import build_methods
+    from mllmcl_ray.presets import methods as T
+
+    for m in T.METHODS.values():
+        for preset in ("paper", "micro"):
+            build_methods(m.config(preset))
+    import ast
+
+    def constants(path):
+        return [n.value for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Constant)
+                and isinstance(n.value, float) and n.value == 0.01]
+
+    # in code, 0.01 is written twice: SOFT_TARGETS_ALPHA and REHEARSAL_FRACTION; no study repeats it
+    assert len(constants(REPO / "mllmcl_ray" / "presets" / "methods.py")) == 2
+    for f in (REPO / "studies").glob("*.py"):
+        assert re.findall(r"\balpha\W+0\.01\b", f.read_text()) == [], f
+    coin = T.method_config("coin-lora", "micro")
+    assert coin == {"name": "moelora", "params": {"moelora": {
+        "num_experts": 1, "rank": 32, "alpha": 64.0, "use_rslora": False, "train_projector": False}}}
+    assert "ONE expert" in T.METHODS["coin-lora"].doc
+    assert T.method_config("coin-ewc", "micro")["params"]["ewc"] == {"lam": 0.1, "fisher_samples": 200}
+    from mllmcl_ray.config import ConfigError
+
+    with pytest.raises(ConfigError, match="method table"):
+        T.method_config("nope")
+
+
+def test_paper_preset_evaluation_as_the_papers():
+    """Issue 10: the full lm-eval sets (no cap), CoIN's full test sets, the kinds of docs/evaluation.md,
+    generation budgets left to the kind (EvalSet's default), Pythia-1.4B-instruct."""
+    from mllmcl_ray.config import EvalSet
+    from mllmcl_ray.presets.paper import PAPER_MODELS, PaperPreset
+
+    assert PAPER_MODELS["pythia-1.4b-instruct"].hub_id == "lambdalabs/pythia-1.4b-deduped-synthetic-instruct"
+    assert len(PAPER_MODELS) == 9
+    p = PaperPreset("/d")
+    cfg = p.run_config("pythia-160m")
+    assert cfg.eval.nl_max_samples is None and all(s.max_samples is None for s in cfg.nl_sets)
+    kinds = {e.name: (e.kind, e.max_samples) for t in cfg.tasks for e in t.eval}
+    assert kinds == {"vqav2": ("vqa", 1024), "gqa": ("gqa", 1024), "textvqa_ocr": ("textvqa", 1024),
+                     "textvqa_pure": ("textvqa", 1024), "refcoco": ("grounding", 1024)}
+    default_budget = EvalSet().max_new_tokens
+    assert all(e.max_new_tokens == default_budget for t in cfg.tasks for e in t.eval)
+    coin = {n: p.coin_task(n).eval[0] for n in p.coin_tasks()}
+    assert {n: e.kind for n, e in coin.items()} == {
+        "ScienceQA": "option", "TextVQA": "textvqa", "ImageNet": "label_contain", "GQA": "gqa",
+        "VizWiz": "exact_ci", "Grounding": "grounding", "VQAv2": "exact_ci", "OCR-VQA": "exact_ci"}
+    assert all(e.max_samples is None and e.max_new_tokens == default_budget for e in coin.values())
+    assert PaperPreset("/d", eval_samples=100).coin_task("GQA").eval[0].max_samples == 100
+    assert PaperPreset("/d", eval_samples=0).run_config("pythia-160m").tasks[1].eval[0].max_samples is None
+
+
+def _imports(path: Path, pkg: str) -> set[str]:
+    """Absolute module names a file imports (relative imports resolved; any nesting)."""
+    import ast
+
+    mod = ".".join(path.relative_to(REPO).with_suffix("").parts)
+    base = mod.split(".")[:-1] if path.name != "__init__.py" else mod.split(".")[:-1]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = base[: len(base) - node.level + 1]
+                name = ".".join(parts + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            out.add(name)
+            out.update(f"{name}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return {n for n in out if n.startswith(pkg)}
+
+
+def test_import_arrows_point_down():
+    """presets/, sweep.py and runner.py never import the study layer; data/micro never
+    imports train/; sweep.py never imports presets/ (no sweep↔study circle)."""
+    pkg = REPO / "mllmcl_ray"
+    rules = [("presets", ("mllmcl_ray.study",)), ("sweep.py", ("mllmcl_ray.study", "mllmcl_ray.presets")),
+             ("runner.py", ("mllmcl_ray.study", "mllmcl_ray.presets", "mllmcl_ray.sweep")),
+             ("validate.py", ("mllmcl_ray.study", "mllmcl_ray.presets", "mllmcl_ray.sweep")),
+             # the micro world (its base-model pretraining moved to presets/); the rest of
+             # data/ (feature_cache -> train.module) is the contracts work of issue 15
+             ("data/micro", ("mllmcl_ray.train",))]
+    for where, banned in rules:
+        files = [pkg / where] if where.endswith(".py") else sorted((pkg / where).rglob("*.py"))
+        for f in files:
+            bad = [n for n in _imports(f, "mllmcl_ray") if n.startswith(banned)]
+            assert not bad, f"{f.relative_to(REPO)} imports {bad}"
+    assert not (pkg / "study.py").exists() and not (pkg / "presets.py").exists()
+    assert not (pkg / "data" / "micro" / "pretrain.py").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# the tiny world: a throw-away study end to end, and every study's micro dry run (slow)
+# ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_out(tmp_path_factory):
+    """An output dir whose bases/ holds the tiny world's nano models (made once here)."""
+    from mllmcl_ray.presets.micro import prepare_micro
+
+    out = tmp_path_factory.mktemp("tiny-study")
+    prepare_micro(out, sizes=["nano"], world_size="tiny", progress=False, log=lambda s: None)
+    return out
+
+
+TINY = ["--preset", "micro", "--world-size", "tiny", "--quiet", "--eval-samples", "4"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_throwaway_study_from_a_spec(tiny_out, capsys):
+    """A new study is a StudySpec of a few lines; it runs on the tiny world (no Tune)."""
+    from mllmcl_ray.presets import method_configs
+    from mllmcl_ray.results import ResultStore
+    from mllmcl_ray.study import Reproduction, StudySpec
+
+    spec = StudySpec(
+        name="throwaway", doc="Naive vs Soft Targets on the micro world's VQA task.",
+        base=lambda ctx: ctx.preset.run_config("nano", tasks=["vqa"], study="throwaway"),
+        grid=lambda ctx: {"method": method_configs(["naive", "soft_targets"], ctx.preset.name),
+                          "seed": ctx.seeds},
+        reproductions=(Reproduction("only", "the one recipe"),))
+    rc = spec.main([*TINY, "--out", str(tiny_out), "--no-tune", "--set", "stages.align.max_steps=1",
+                    "--set", "stages.finetune.max_steps=1"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    df = ResultStore(tiny_out / "results").read({"study": "throwaway"})
+    assert sorted(df["method"].unique()) == ["naive", "soft_targets"]
+    assert sorted(df["trained_task_index"].unique()) == [1, 2] and "vqa" in set(df["eval_task"])
+    summary = (tiny_out / "throwaway-summary.md").read_text()
+    assert summary in out and summary.count("| nano |") == 2
+    assert (tiny_out / "throwaway-report.html").stat().st_size > 100_000
+
+
+MICRO_MODEL = {"scale_pythia": ["--scales", "nano"], "mitigation": ["--model", "nano"],
+               "coin": ["--model", "nano"], "emt": ["--model", "nano"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", STUDIES)
+def test_every_reproduction_validates_on_micro(name, tiny_out, capsys):
+    mod = load_study(name)
+    for r in mod.SPEC.reproductions:
+        rc = mod.SPEC.main([*TINY, "--out", str(tiny_out), "--dry-run", "--reproduce", r.name,
+                            *MICRO_MODEL[name]])
+        text = capsys.readouterr().out
+        assert rc == 0, (r.name, text)
+        assert "run configs valid" in text and "MISSING" not in text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_tracker_logs_per_task_results(tiny_out, ray_local, capsys):
+    """--tracker tensorboard: the one run goes through Ray Tune (even alone); its trial
+    reports one result per trained task (base model, then the task) into TensorBoard files."""
+    from mllmcl_ray.study import Reproduction, StudySpec
+
+    spec = StudySpec(
+        name="tracked", doc="One naive run, tracked.",
+        base=lambda ctx: ctx.preset.run_config("nano", tasks=["vqa"], study="tracked"),
+        grid=lambda ctx: {"seed": ctx.seeds}, reproductions=(Reproduction("only", "the one recipe"),))
+    rc = spec.main([*TINY, "--out", str(tiny_out), "--tracker", "tensorboard",
+                    "--set", "stages.align.max_steps=1", "--set", "stages.finetune.max_steps=1"])
+    assert rc == 0, capsys.readouterr().out
+    trial = next((tiny_out / "tune").glob("tracked-*/*/result.json")).parent
+    results = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+    assert [r["trained_task_index"] for r in results] == [1, 2]
+    assert results[0]["delta_nl"] == 0.0 and "final_delta_nl" in results[1]
+    assert list(trial.glob("events.out.tfevents.*"))

@@ -307,15 +307,87 @@ def test_sweep_trial_runs_the_real_continual_run(ray_local, tmp_path):
     from mllmcl_ray.results import ResultStore
     from mllmcl_ray.sweep import run_sweep
 
-    base = tiny_run_config(tmp_path, steps=2)
-    base.tasks = base.tasks[:1]
+    base = tiny_run_config(tmp_path, steps=2)  # two tasks: colour, then position
     base.stages.align.max_steps = 1
     base.trainer.threads_per_worker = 1
     df = run_sweep(base, SweepSpec(space={"stages.finetune.lr": [1e-3]}), tmp_path / "tune", "real",
                    verbose=0)
     assert df.attrs["num_finished"] == 1, df["error"].tolist()
     row = df.iloc[0]
-    assert row["tasks_trained"] == 2 and 0.0 <= row["final_vl_accuracy"] <= 1.0
+    assert row["tasks_trained"] == 3 and 0.0 <= row["final_vl_accuracy"] <= 1.0
     rows = ResultStore(Path(base.output_dir) / "results").read()
     assert set(rows["run_id"]) == {row["run_id"]}
-    assert (rows["trained_task_index"] == 2).any()
+    assert (rows["trained_task_index"] == 3).any()
+    # one Tune result per trained task that has rows (what --tracker plots; this run has no NL
+    # suite, so no base rows), the last with the final metrics
+    results = [json.loads(line) for line in
+               next((tmp_path / "tune" / "real").glob("*/result.json")).read_text().splitlines()]
+    assert [r["trained_task_index"] for r in results] == [2, 3]
+    assert "vl_accuracy" in results[0] and "final_vl_accuracy" not in results[0]
+    assert results[1]["final_vl_accuracy"] == row["final_vl_accuracy"] == results[1]["vl_accuracy"]
+    assert "final_maa" in results[1] and "final_bwt" in results[1]
+
+
+# ---------------------------------------------------------------------------------------
+# grids, overrides, per-task metrics and trackers (no Ray)
+# ---------------------------------------------------------------------------------------
+def test_task_metrics_and_final_cl_metrics(tmp_path):
+    """Per trained task: means per (split, metric) and NL Δ; final: Δ, MAA.
+    Base ω = 2/(1/0.6 + 1/0.4) = 0.48; after task 2, ω = 2/(1/0.3 + 1/0.5) = 0.375, so
+    Δ = 0.105 (Srivastava Eq. 1); NLU Δ = 0.4 − 0.5 = −0.1, NLG Δ = 0.6 − 0.3 = 0.3; one
+    VL task scored 0.8 after its own training: MAA = 0.8."""
+    from mllmcl_ray.results import ResultStore
+    from mllmcl_ray.sweep import task_metrics
+
+    rows = [_result_rows("r", 1, "nlg", "lambada", 0.6), _result_rows("r", 1, "nlu", "arc", 0.4),
+            _result_rows("r", 2, "nlg", "lambada", 0.3), _result_rows("r", 2, "nlu", "arc", 0.5),
+            _result_rows("r", 2, "vl", "vqa", 0.8)]
+    ResultStore(tmp_path).append(rows)
+    hist = task_metrics(tmp_path, "r")
+    assert [h["trained_task_index"] for h in hist] == [1, 2]
+    assert hist[0] == {"run_id": "r", "trained_task_index": 1, "trained_task": "t1",
+                       "nlg_accuracy": 0.6, "nlu_accuracy": 0.4, "delta_nl": 0.0}
+    assert hist[1]["vl_accuracy"] == pytest.approx(0.8)
+    assert hist[1]["delta_nl"] == pytest.approx(0.105)
+    m = final_metrics(tmp_path, "r")
+    assert m["final_delta_nl"] == pytest.approx(0.105)
+    assert m["final_delta_nlu"] == pytest.approx(-0.1) and m["final_delta_nlg"] == pytest.approx(0.3)
+    assert m["final_maa"] == pytest.approx(0.8)
+    assert task_metrics(tmp_path, "missing") == []
+
+
+def test_expand_grid_and_cli_overrides(tmp_path):
+    from mllmcl_ray.sweep import apply_config_overrides, expand_grid, load_run_config
+
+    assert expand_grid({"seed": [0, 1], "recipe": ["continual", "llava"]}) == [
+        {"seed": 0, "recipe": "continual"}, {"seed": 0, "recipe": "llava"},
+        {"seed": 1, "recipe": "continual"}, {"seed": 1, "recipe": "llava"}]
+    with pytest.raises(ConfigError, match="grid key 'seed'"):
+        expand_grid({"seed": []})
+    yml = tmp_path / "c.yaml"
+    yml.write_text("stages:\n  finetune:\n    lr: 0.5\nname: from-yaml\n")
+    cfg = apply_config_overrides(RunConfig(), yml, ["stages.finetune.lr=0.25", "seed=7"], workers=3)
+    assert (cfg.name, cfg.stages.finetune.lr, cfg.seed, cfg.trainer.num_workers) == ("from-yaml", 0.25, 7, 3)
+    assert cfg.stages.align.lr == RunConfig().stages.align.lr  # siblings kept
+    with pytest.raises(ConfigError, match="has no key 'lrr'"):
+        apply_config_overrides(RunConfig(), sets=["stages.finetune.lrr=1"])
+    assert load_run_config(yml, ["seed=2"]).seed == 2
+
+
+def test_tracker_callbacks(tmp_path):
+    from ray.tune.logger import TBXLoggerCallback
+
+    from mllmcl_ray.sweep import run_study, tracker_callbacks
+
+    assert tracker_callbacks(None, tmp_path, "s") == []
+    assert isinstance(tracker_callbacks("tensorboard", tmp_path, "s")[0], TBXLoggerCallback)
+    for name in ("wandb", "mlflow"):
+        try:
+            __import__(name)
+        except ImportError:
+            with pytest.raises(ConfigError, match=f"--tracker {name} needs {name}: pip install {name}"):
+                tracker_callbacks(name, tmp_path, "s")
+    with pytest.raises(ConfigError, match="unknown tracker"):
+        tracker_callbacks("neptune", tmp_path, "s")
+    with pytest.raises(ConfigError, match="drop --no-tune"):
+        run_study(RunConfig(), {"seed": [0]}, study="s", use_tune=False, tracker="tensorboard")

@@ -1,7 +1,8 @@
 """A tiny LLaVA world for trainer tests: coloured squares, two VL tasks, a 32-wide model.
 
 Used by test_strategies.py (spawned processes import it by name) and test_ray_train.py
-(tiny_world.py holds the other tests' fixtures).
+(tiny_world.py holds the other tests' fixtures); also the tests' `TrainCallback`s
+(an injected worker failure, a logits probe at the end of training).
 Everything is written under a caller-given directory.
 """
 from __future__ import annotations
@@ -67,3 +68,41 @@ def tiny_config(root: str | Path, out: str | Path, *, tasks=("colour", "name"), 
         trainer=TrainerConfig(num_workers=num_workers, cpus_per_worker=1.0, log_every=1,
                               feature_cache=False, **trainer),
         eval=EvalConfig(nl=False, vl=False))
+
+
+# ---------------------------------------------------------------------------------------
+# test callbacks (passed to run_step / RayBackend; pickled to Ray workers by value)
+# ---------------------------------------------------------------------------------------
+from mllmcl_ray.train.callbacks import TrainCallback  # noqa: E402
+
+
+class FailOnce(TrainCallback):
+    """Worker `rank` raises once, after optimizer step `step`, leaving `marker` behind."""
+
+    def __init__(self, rank: int, step: int, marker: str | Path):
+        self.rank, self.step, self.marker = rank, step, str(marker)
+
+    def on_step_end(self, step: int, loss: float) -> None:
+        if self.state.rank == self.rank and step == self.step and not Path(self.marker).exists():
+            Path(self.marker).write_text(f"failed at step {step} on rank {self.rank}\n")
+            raise RuntimeError(f"injected worker failure at step {step} (rank {self.rank})")
+
+
+class SaveLogits(TrainCallback):
+    """At the stage's end, before the strategy gathers the weights: the trained (possibly
+    sharded) module's logits on a saved batch (`batch`: a torch.save'd dict); rank 0
+    writes them to `out` (tests compare them with the saved checkpoint)."""
+
+    def __init__(self, batch: str | Path, out: str | Path):
+        self.batch, self.out = str(batch), str(out)
+
+    def on_train_end(self) -> None:
+        import torch
+
+        st = self.state
+        batch = torch.load(self.batch, weights_only=True)
+        st.module.eval()
+        with torch.no_grad():
+            logits = st.module(**{k: v.to(st.ctx.device) for k, v in batch.items()})
+        if st.rank == 0:
+            torch.save(logits.float().cpu(), self.out)

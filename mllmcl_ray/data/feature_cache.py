@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..models.build import parts, unwrap
-from ..train.module import tower_features
+from ..models.training import tower_features
 from .images import pixel_values
 
 

@@ -9,10 +9,12 @@ costs nothing.
 Rows: ``eval_task`` is ``nl`` (index 1) for the language suite, else the VL task's name
 and index; ``split`` is ``nlg``/``nlu``/``vl``/``emt``/``judge``; ``eval_set_hash`` hashes the
 scored subset's content; ``prompt_version`` is the template's version (NL:
-``nl.NL_PROMPT_VERSION``; judge rows: the judge prompt version); ``decoding`` is the JSON
-of the engine's decoding settings (judge rows add the judge model, prompt version and
-sampling). Accuracies are fractions; the judge score is CoIN's ``100·Σ/(10·N)`` divided
-by 100.
+``nl.NL_PROMPT_VERSION``; judge rows: ``<judge prompt version>/<CoIN rule>``);
+``decoding`` is the JSON of the engine's decoding settings (judge rows: the judge model,
+prompt version, rule and sampling). Accuracies are fractions; the judge score is CoIN's
+``100·Σ/(10·N)`` divided by 100, unparseable replies counting 0 in N, with
+``judge_unparseable`` (share) and ``judge_unparseable_count`` beside. VL metric keys come
+from the eval-kind registry (`kinds.py`: ``accuracy`` plus e.g. ``grounding_truncated``).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import pandas as pd
 from ..config import EvalConfig, EvalSet
 from .engine.base import Engine, decoding_json, engine_factory
 from ..results import commit_rows
+from .kinds import get_kind, max_new_tokens
 from .suites.common import SuiteResult
 
 RUN_META_COLUMNS = ("run_id", "study", "model", "scale", "method", "method_params", "seed")
@@ -152,9 +155,9 @@ class Evaluator:
             judge = self._judge is not None
             for t_idx, t_name, sets in vl_tasks:
                 for es in sets:
+                    ms = ("accuracy", *get_kind(es.kind).outcome_metrics.values())
                     out.append(PlannedSet("vl", t_name, int(t_idx), es,
-                                          ("accuracy", "judge_score") if judge else ("accuracy",),
-                                          judge))
+                                          (*ms, "judge_score") if judge else ms, judge))
         for t_idx, t_name, sets in emt_tasks:
             for es in sets:
                 ms = ("emt_exact", "emt_judge") if self._judge is not None else ("emt_exact",)
@@ -180,7 +183,7 @@ class Evaluator:
                 stored = self.store.read(
                     {"run_id": run_id, "trained_task_index": int(trained_task_index)},
                     columns=["eval_task", "dataset", "metric", "eval_set_hash", "checkpoint_id",
-                             "decoding"])
+                             "decoding", "epoch"])
             why = self.stale_reason(p, stored, checkpoint_id)
             if why:
                 print(f"[{run_id}] recomputing {p.eval_task}/{p.eval_set.name} after task "
@@ -194,6 +197,8 @@ class Evaluator:
         """Why the stored rows (`stored`: this checkpoint's) of a planned set no longer
         match what it would be scored on now (eval-set content hash, checkpoint id,
         max_new_tokens), or None."""
+        if "epoch" in stored:  # end-of-task rows (epoch 0) only
+            stored = stored[stored["epoch"] == 0]
         stored = stored[(stored["eval_task"] == p.eval_task)
                         & (stored["dataset"] == p.eval_set.name)
                         & stored["metric"].isin(list(p.metrics))]
@@ -206,9 +211,9 @@ class Evaluator:
             stored_budget = json.loads(row["decoding"]).get("max_new_tokens")
         except (TypeError, ValueError):
             stored_budget = None
-        if p.suite != "nl" and stored_budget is not None \
-                and stored_budget != p.eval_set.max_new_tokens:
-            return f"stored max_new_tokens {stored_budget} ≠ {p.eval_set.max_new_tokens}"
+        budget = None if p.suite == "nl" else max_new_tokens(p.eval_set)
+        if budget is not None and stored_budget is not None and stored_budget != budget:
+            return f"stored max_new_tokens {stored_budget} ≠ {budget}"
         now = expected_eval_set_hash(p, self.cfg)
         if now is not None and row["eval_set_hash"] != now:
             return f"the eval set changed (stored hash {row['eval_set_hash']} ≠ {now})"
@@ -311,14 +316,14 @@ class Evaluator:
         res = run_vl_set(engine, p.eval_set, seed=seed)
         out = [res]
         if p.judge:
-            out.append(self._judge_result(res))
+            out.append(self._judge_result(res, get_kind(p.eval_set.kind).judge_rule))
         return out
 
-    def _judge_result(self, res: SuiteResult) -> SuiteResult:
+    def _judge_result(self, res: SuiteResult, rule: str = "CoIN") -> SuiteResult:
         from .judge import JUDGE_PROMPT_VERSION, judge_fraction
 
         j = self._judge.judge_answers([(p["question"], p["answer"], p["prediction"])
-                                       for p in res.predictions])
+                                       for p in res.predictions], rule=rule)
         for p, reply, s in zip(res.predictions, j.replies, j.scores):
             p["judge_reply"] = reply
             p["judge_score"] = s
@@ -326,10 +331,11 @@ class Evaluator:
         return SuiteResult(dataset=res.dataset, split="judge",
                            metrics={"judge_score": judge_fraction(j),
                                     "judge_unparseable": (j.n_unparseable / n_all if n_all
-                                                          else math.nan)},
-                           n=j.n_scored, eval_set_hash=res.eval_set_hash,
-                           prompt_version=JUDGE_PROMPT_VERSION,
-                           decoding=self._judge.info(JUDGE_PROMPT_VERSION),
+                                                          else math.nan),
+                                    "judge_unparseable_count": float(j.n_unparseable)},
+                           n=n_all, eval_set_hash=res.eval_set_hash,
+                           prompt_version=f"{JUDGE_PROMPT_VERSION}/{rule}",
+                           decoding=self._judge.info(JUDGE_PROMPT_VERSION) | {"judge_rule": rule},
                            counts={"unparseable": j.n_unparseable})
 
     @staticmethod

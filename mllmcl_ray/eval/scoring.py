@@ -21,7 +21,19 @@ Sources
   prediction but only ``processPunctuation`` to the ground-truth answers, and only when
   they disagree, because the released annotations are already normalised. We normalise
   both sides fully by default (as LLaVA's / EvalAI's m4c evaluators do), so raw reference
-  strings such as ``"Two"`` still match; ``official_gt=True`` restores the original rule.
+  strings such as ``"Two"`` still match; ``official_gt=True`` restores the original rule
+  (kind ``vqa``; it equals TRI vlm-evaluation's). :func:`vqa_accuracy_2021` is the rule
+  of vqaEval.py after its March 2021 fix (kind ``vqa_2021``): prediction and references
+  are stripped, and fully normalised only when the references disagree.
+* TextVQA (kind ``textvqa``): m4c's ``TextVQAAccuracyEvaluator`` with the EvalAI answer
+  processor (mmf ``EvalAIAnswerProcessor``; CoIN ``ETrain/Eval/LLaVA/CoIN/m4c_evaluator.py``,
+  used by its ``eval_textvqa.py``): :func:`evalai_normalize`, :func:`textvqa_accuracy`.
+* CoIN's released per-task evaluation (``ETrain/Eval/LLaVA/CoIN/eval_*.py``):
+  VQAv2 / VizWiz ``pred.upper() == answer.upper()``, OCR-VQA the same with
+  "Unanswerable" replies wrong (:func:`exact_match_ci`); ImageNet ``label in pred or
+  pred in label`` (:func:`label_contain`); GQA ``convert_gqa_for_eval.py`` + the official
+  GQA ``eval.py`` (:func:`gqa_match`); ScienceQA ``eval_science_qa.py``'s letter rule
+  (:func:`coin_option_letter`); Grounding ``eval_grounding.py`` IoU > 0.5.
 
 * VQA accuracy: the VQA paper's ``min(#humans who gave the answer / 3, 1)``. With 10
   reference answers the official script averages this over the 10 leave-one-out subsets
@@ -37,9 +49,9 @@ Sources
   TRI's vlm-evaluation (Srivastava App. B.3) uses ``>= 0.5``: ``inclusive=True``.
   Boxes are normalised ``[x1, y1, x2, y2]`` in [0, 1].
 * LLM judge (CoIN §3.1.3 "Reasoning Capability"): the judge returns a score 0..10 and
-  the task score is ``100 · Σ score / (10 · N)``. CoIN's own script counts unparseable
-  replies as 0 in N; here they are excluded and counted (``unparseable_as_zero=True``
-  reproduces CoIN).
+  the task score is ``100 · Σ score / (10 · N)``. Replies are read by CoIN's
+  ``evaluate_score.py`` rule (:func:`coin_judge_score`) and unparseable ones count 0 in
+  N, as there; their number is reported beside (``judge_unparseable``).
 * EMT (Zhai et al., §4 and §4.2, §7 "Post-processing the outputs"): the MLLM is asked for
   a single label; outputs are classed as correct / wrong (incorrect prediction) /
   intrinsic hallucination (names several labels) / extrinsic hallucination (names no
@@ -65,6 +77,21 @@ __all__ = [
     "process_digit_article",
     "normalize_answer",
     "vqa_accuracy",
+    "vqa_accuracy_2021",
+    "evalai_normalize",
+    "textvqa_accuracy",
+    "exact_match_ci",
+    "label_contain",
+    "gqa_match",
+    "coin_option_letter",
+    "coin_option_match",
+    "box_truncated",
+    "grounding_outcome",
+    "coin_judge_score",
+    "GROUNDING_HIT",
+    "GROUNDING_MISS",
+    "GROUNDING_TRUNCATED",
+    "GROUNDING_UNPARSEABLE",
     "exact_match",
     "classification_match",
     "classification_accuracy",
@@ -182,15 +209,16 @@ def vqa_accuracy(prediction: str, answers: Sequence[str], *, official_gt: bool =
     * any other count: ``min(#matches / 3, 1)`` over all answers (a documented
       simplification; see the module docstring). No answers → ``ValueError``.
 
-    ``official_gt=True`` processes reference answers as vqaEval.py does (punctuation only,
-    and only when the references disagree); by default they get the full normalisation.
+    ``official_gt=True`` processes reference answers as vqaEval.py did before 2021 and as
+    LAVIS / vlm-evaluation do (as stored, ``processPunctuation`` only, and only when the
+    references disagree); by default they get the full normalisation.
     """
     answers = [str(a) for a in answers]
     if not answers:
         raise ValueError("vqa_accuracy: no reference answers")
     pred = normalize_answer(prediction)
-    if official_gt:
-        refs = [a.replace("\n", " ").replace("\t", " ").strip() for a in answers]
+    if official_gt:  # vqaEval.py before 2021: references as stored (no strip)
+        refs = list(answers)
         if len(set(refs)) > 1:
             refs = [process_punctuation(a) for a in refs]
     else:
@@ -203,6 +231,125 @@ def vqa_accuracy(prediction: str, answers: Sequence[str], *, official_gt: bool =
         return float(sum(accs) / 10.0)
     matches = sum(1 for r in refs if r == pred)
     return float(min(1.0, matches / 3.0))
+
+
+def _strip_ws(text: str) -> str:
+    return str(text).replace("\n", " ").replace("\t", " ").strip()
+
+
+def vqa_accuracy_2021(prediction: str, answers: Sequence[str]) -> float:
+    """VQA accuracy by vqaEval.py after its March 2021 fix.
+
+    Prediction and references get newline/tab → space and ``strip``; only when the
+    references are not all equal are both sides normalised (``processPunctuation`` then
+    ``processDigitArticle``). Then the mean over the leave-one-out subsets of
+    ``min(1, #matches / 3)`` (with 10 answers: the official procedure; any count ≥ 1 is
+    handled by the same loop, so a single reference scores 0). No answers → ValueError.
+    """
+    refs = [_strip_ws(a) for a in answers]
+    if not refs:
+        raise ValueError("vqa_accuracy_2021: no reference answers")
+    pred = _strip_ws(prediction)
+    if len(set(refs)) > 1:
+        refs = [process_digit_article(process_punctuation(a)) for a in refs]
+        pred = process_digit_article(process_punctuation(pred))
+    accs = []
+    for i in range(len(refs)):
+        matches = sum(1 for j, r in enumerate(refs) if j != i and r == pred)
+        accs.append(min(1.0, matches / 3.0))
+    return float(sum(accs) / len(accs))
+
+
+# EvalAI / m4c answer processor (mmf EvalAIAnswerProcessor): like vqaEval's, but the text
+# is first lower-cased with "," and "?" removed and "'s" split off, and its comma regex
+# is ``(?<=\d)(\,)+(?=\d)``.
+_EVALAI_COMMA_STRIP = re.compile(r"(?<=\d)(\,)+(?=\d)")
+
+
+def evalai_normalize(text: str) -> str:
+    """m4c's ``EvalAIAnswerProcessor.__call__`` (word_tokenize, whitespace, punctuation,
+    digits/articles/contractions)."""
+    t = str(text).lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+    t = t.replace("\n", " ").replace("\t", " ").strip()
+    out = t
+    has_comma = _EVALAI_COMMA_STRIP.search(t) is not None
+    for p in PUNCT:
+        if (p + " " in t or " " + p in t) or has_comma:
+            out = out.replace(p, "")
+        else:
+            out = out.replace(p, " ")
+    out = _PERIOD_STRIP.sub("", out, count=32)  # re.UNICODE passed as count, as in m4c
+    return process_digit_article(out)
+
+
+def textvqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """m4c ``TextVQAAccuracyEvaluator``: every answer normalised by
+    :func:`evalai_normalize`; the prediction's score is its leave-one-out
+    ``mean_i min(1, #matches among the other 9 / 3)``. m4c asserts exactly 10 answers;
+    so does this (ValueError otherwise)."""
+    refs = [evalai_normalize(a) for a in answers]
+    if len(refs) != 10:
+        raise ValueError(f"textvqa_accuracy needs the 10 human answers, got {len(refs)}")
+    pred = evalai_normalize(prediction)
+    accs = [min(1.0, sum(1 for j, r in enumerate(refs) if j != i and r == pred) / 3.0)
+            for i in range(10)]
+    return float(sum(accs) / 10.0)
+
+
+def exact_match_ci(prediction: str, answer: str) -> float:
+    """CoIN's VQAv2 / VizWiz rule (``eval_vqav2.py``, ``eval_vizwiz.py``):
+    ``pred.upper() == answer.upper()``; OCR-VQA's (``eval_ocrvqa.py``) is the same test
+    in lower case, and its skip of replies containing "Unanswerable" changes nothing
+    (such a reply never equals an OCR-VQA answer). Both sides are stripped first, as
+    LLaVA's ``model_vqa`` strips the reply it stores."""
+    return 1.0 if str(prediction).strip().upper() == str(answer).strip().upper() else 0.0
+
+
+def label_contain(prediction: str, label: str) -> float:
+    """CoIN ImageNet (``eval_ImagetNet.py``): ``label in pred or pred in label``
+    (case-sensitive, as released). Deviation: an empty (or all-space) reply is wrong,
+    where the released test counts ``"" in label`` as correct."""
+    p, lab = str(prediction).strip(), str(label).strip()
+    if not p:
+        return 0.0
+    return 1.0 if (lab in p or p in lab) else 0.0
+
+
+def gqa_match(prediction: str, answer: str) -> float:
+    """GQA as CoIN runs it: ``convert_gqa_for_eval.py`` (``rstrip('.')``, lower-case, one
+    leading space dropped) then the official GQA ``eval.py`` accuracy
+    ``predicted == gold``. The reply is stripped first (LLaVA stores stripped replies)."""
+    t = str(prediction).strip().rstrip(".").lower()
+    t = t[1:] if t[:1] == " " else t
+    return 1.0 if t == str(answer) else 0.0
+
+
+_COIN_WORD_LETTER = re.compile(r"\b(\w)\b")
+COIN_OPTIONS = ("A", "B", "C", "D", "E")
+
+
+def coin_option_letter(prediction: str, options: Sequence[str] = COIN_OPTIONS) -> str | None:
+    """The letter CoIN's ``eval_science_qa.py`` reads from a reply: the reply itself if
+    it is an option; else its first character when followed by ". "; else the first
+    one-character word, upper-cased; None (CoIN's "FAILED") when there is none or it
+    is not an option."""
+    t = str(prediction).strip()
+    if t in options:
+        return t
+    if len(t) >= 3 and t[0] in options and t[1:3] == ". ":
+        return t[0]
+    found = _COIN_WORD_LETTER.findall(t)
+    if found and found[0].upper() in options:
+        return found[0].upper()
+    return None
+
+
+def coin_option_match(prediction: str, answer_letter: str) -> float:
+    """1.0 if :func:`coin_option_letter` equals the answer letter ("B", "(B)", "B. x")."""
+    truth = extract_option_letter(answer_letter)
+    if truth is None:
+        raise ValueError(f"not an option letter: {answer_letter!r}")
+    return 1.0 if coin_option_letter(prediction) == truth else 0.0
 
 
 def exact_match(prediction: str, answer: str) -> float:
@@ -329,6 +476,34 @@ def grounding_correct(
     return v >= threshold if inclusive else v > threshold
 
 
+def box_truncated(text: str) -> bool:
+    """True when a reply opens a box and never closes it: the last ``[`` has no ``]``
+    after it and is followed only by a number list prefix (digits, ".", ",", spaces,
+    sign) — what a reply cut off by the generation budget looks like
+    (``"[0.12, 0.34, 0.5"``)."""
+    t = str(text)
+    i = t.rfind("[")
+    if i < 0 or "]" in t[i:]:
+        return False
+    return re.fullmatch(r"[\s\d.,+\-eE]*", t[i + 1:]) is not None
+
+
+GROUNDING_HIT, GROUNDING_MISS, GROUNDING_UNPARSEABLE, GROUNDING_TRUNCATED = (
+    "hit", "miss", "unparseable", "truncated")
+
+
+def grounding_outcome(pred_text: str, gt_box: Sequence[float], threshold: float = 0.5,
+                      inclusive: bool = False) -> str:
+    """``"hit"`` (IoU > threshold), ``"miss"`` (a box, IoU too low), ``"truncated"`` (no
+    box parsed and :func:`box_truncated`: the budget cut it off) or ``"unparseable"``.
+    Only ``"hit"`` is correct; a truncated box is counted apart from a wrong one."""
+    box = parse_box(pred_text)
+    if box is None:
+        return GROUNDING_TRUNCATED if box_truncated(pred_text) else GROUNDING_UNPARSEABLE
+    v = iou(box, gt_box)
+    return GROUNDING_HIT if (v >= threshold if inclusive else v > threshold) else GROUNDING_MISS
+
+
 # ======================================================================================
 # LLM-judge scores (CoIN "Reasoning Capability")
 # ======================================================================================
@@ -359,19 +534,45 @@ def parse_judge_score(reply: str) -> float | None:
     return None
 
 
+_COIN_FIRST_DIGIT = re.compile(r"[1-9]")
+
+
+def coin_judge_score(reply: str) -> float | None:
+    """A judge reply's score by CoIN's ``ETrain/Eval/evaluate_score.py``, or None where
+    that script adds nothing to the sum (the reply then counts 0 in N):
+
+    1. ``float(reply)`` (Python's float: surrounding whitespace allowed): the value if
+       ≤ 10, else None;
+    2. else, if the reply has a "/": the text before it if ``isnumeric()`` and ≤ 10
+       ("7/10" → 7), else None;
+    3. else the first digit 1–9 anywhere in the reply ("Score: 8" → 8; note "Score: 10"
+       → 1 and "Score: 0" → None, as released).
+    """
+    t = str(reply)
+    try:
+        v = float(t)
+    except ValueError:
+        if "/" in t:
+            head = t.split("/")[0]
+            return float(head) if head.isnumeric() and float(head) <= 10.0 else None
+        m = _COIN_FIRST_DIGIT.search(t)
+        return float(m.group(0)) if m else None
+    return v if v <= 10.0 else None
+
+
 class JudgeTaskScore(NamedTuple):
     score: float  # 100 · Σ s / (10 · N), NaN if nothing was scored
     n_scored: int
     n_unparseable: int
 
 
-def judge_task_score(scores: Iterable[float | str | None], *, unparseable_as_zero: bool = False) -> JudgeTaskScore:
+def judge_task_score(scores: Iterable[float | str | None], *, unparseable_as_zero: bool = True) -> JudgeTaskScore:
     """Task score from per-sample judge scores: ``100 · Σ s / (10 · N)``.
 
     Items are parsed scores (float), raw replies (str, parsed with
-    :func:`parse_judge_score`) or None (unparseable). By default unparseable items are
-    left out of N and counted in ``n_unparseable``; ``unparseable_as_zero=True`` counts
-    them as 0 as CoIN's evaluate script does.
+    :func:`parse_judge_score`) or None (unparseable). By default (CoIN's
+    ``evaluate_score.py``) unparseable items count 0 in N; their number is
+    ``n_unparseable`` either way. ``unparseable_as_zero=False`` leaves them out of N.
     """
     vals: list[float] = []
     bad = 0

@@ -24,6 +24,15 @@ Hooks, in the order a task sees them:
 - ``save_model(mllm, path)`` / ``load_model(path, spec)``: a method whose weights cannot be
   merged into plain weights (MoELoRA) saves/loads them itself; the default is a plain
   `save_pretrained` LLaVA checkpoint.
+- ``snapshot_model(mllm)``: the model in checkpoint form for a checkpoint taken inside a
+  task (an epoch checkpoint, `TaskSpec.eval_every_epoch`), without disturbing training
+  (LoRA: a merged copy).
+
+These are all the hooks the trainer calls (train/task.py, train/loop.py); it calls them
+on every run, never asks whether a method has one. The alignment step calls none of the
+training hooks (methods sit out alignment); ``save_state``/``save_model`` run at every
+checkpoint. A composite registered name (mSGM) overrides the ``expand`` classmethod and
+names its ``components``. `TaskContext` is complete when a hook first sees it (frozen).
 """
 from __future__ import annotations
 
@@ -36,11 +45,13 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError, MethodConfig, from_dict
+from ..models.training import ParamLayout, forward_batch
 
 
-@dataclass
+@dataclass(frozen=True)
 class TaskContext:
-    """What a hook may know about the task at hand."""
+    """What a hook may know about the task at hand, complete when the trainer builds it
+    (frozen: nothing is attached later)."""
 
     task_index: int  # k (task 1 is the base LLM; the first VL task is 2)
     task_name: str
@@ -49,11 +60,33 @@ class TaskContext:
     prev_checkpoint: str | None = None  # the checkpoint this task starts from
     previous_tasks: list[str] = field(default_factory=list)  # names of finished VL tasks
     previous_data: dict[str, Any] = field(default_factory=dict)  # name -> tokenised dataset
-    collate: Any = None  # the trainer's collate function
+    # name of a finished task -> the alignment captions trained in it (tokenised with the
+    # plain template): the first VL task of the continual recipe (Srivastava's task 2)
+    previous_align_data: dict[str, Any] = field(default_factory=dict)
+    align_data: Any = None  # the alignment captions trained earlier in *this* task, or None
+    collate: Any = None  # the trainer's collate function (a data.collate.Collator)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    forward: Any = None  # callable(module, batch) -> logits, the trainer's forward
     world_size: int = 1
     rank: int = 0
+    layout: ParamLayout = field(default_factory=ParamLayout)  # local shards of parameters
+
+    def forward(self, module, batch: dict) -> torch.Tensor:
+        """The trainer's forward on a collated batch -> logits [B, L, V]."""
+        return forward_batch(module, batch, self.device)
+
+    def pixel_collate(self):
+        """A collator like the trainer's that always loads pixel values.
+
+        The trainer's collator leaves images out when the vision-feature cache supplies
+        them; a method that runs its own batches (LwF replay, EWC's Fisher) needs the
+        pixels, and the forward then runs the frozen tower on them.
+        """
+        from ..data.collate import Collator
+
+        if self.collate is None:
+            raise RuntimeError("the task context has no collate function")
+        return Collator(self.collate.pad_token_id, self.collate.image_processor,
+                        load_pixels=True)
 
 
 class ContinualMethod:
@@ -68,6 +101,15 @@ class ContinualMethod:
     # "trainable" (it decides which weights train: linear, lora, moelora) and/or
     # "adapter" (it wraps the LLM in a peft adapter: lora, moelora).
     exclusive: ClassVar[tuple[str, ...]] = ()
+    # Registered methods a composite expands into (their params sit under their own names)
+    components: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def expand(cls, params: dict) -> list[ContinualMethod]:
+        """The method instances this registered name stands for, from `method.params`
+        (all methods' settings by name). One instance with its own settings by default; a
+        composite (mSGM) returns its components."""
+        return [cls(_params(cls, params.get(cls.name, {}), cls.name))]
 
     def __init__(self, params: Any = None):
         self.params = params
@@ -106,6 +148,13 @@ class ContinualMethod:
     def load_model(self, path: Path, spec) -> Any:
         """Load a checkpoint saved by this method's save_model, or None."""
         return None
+
+    def snapshot_model(self, mllm):
+        """The model as a checkpoint taken *inside* a task (an epoch checkpoint) holds it,
+        without disturbing training: an MLLM to save. The default is `mllm` itself; a
+        method whose training form is not a checkpoint form (LoRA: unmerged adapters)
+        returns a converted copy."""
+        return mllm
 
 
 METHODS: dict[str, type[ContinualMethod]] = {}
@@ -147,15 +196,14 @@ def build_methods(cfg: MethodConfig) -> MethodStack:
     methods: list[ContinualMethod] = []
     for n in names:
         cls = METHODS[n]
-        methods.extend(cls.expand(cfg.params) if hasattr(cls, "expand") else
-                       [cls(_params(cls, cfg.params.get(n, {}), n))])
+        methods.extend(cls.expand(cfg.params))
     return MethodStack(methods)
 
 
 def _param_owners(names: list[str]) -> list[str]:
     owners = list(names)
     for n in names:
-        owners.extend(getattr(METHODS[n], "components", ()))
+        owners.extend(METHODS[n].components)
     return owners
 
 
@@ -257,6 +305,11 @@ class MethodStack(ContinualMethod):
             if out is not None:
                 return out
         return None
+
+    def snapshot_model(self, mllm):
+        for m in self.methods:
+            mllm = m.snapshot_model(mllm)
+        return mllm
 
     def params_dict(self) -> dict:
         return {m.name: dataclasses.asdict(m.params) for m in self.methods

@@ -22,9 +22,10 @@ estimated on rank 0 in `finish_task`, after the strategy has gathered the full
 parameters into the model on rank 0: under FSDP the full model is gathered on rank 0 at
 task end (into host memory) and, by default, moved to rank 0's training device for the
 estimate (``fisher_device: cpu`` keeps it on the host: no accelerator memory, slow).
-During training each rank holds A and μ sharded like its parameters (FSDP2 DTensor
-shards) and penalises its local shard, which gives the exact gradient; the logged
-penalty is then the rank's share.
+During training each rank holds A and μ sharded like its parameters and penalises its
+local shard, which gives the exact gradient; the logged penalty is then the rank's
+share. How a parameter is sharded is the strategy's business: EWC asks the task
+context's `layout` (`ParamLayout`; FSDP2's DTensor shards) and never sees a DTensor.
 """
 from __future__ import annotations
 
@@ -37,15 +38,8 @@ import torch.nn.functional as F
 
 from ..config import ConfigError
 from ..models.build import unwrap
-from ._util import (
-    forward,
-    like_param,
-    llava_of,
-    local_shard,
-    pixel_collate,
-    seeded_sample,
-    training_module,
-)
+from ..models.training import ParamLayout, answer_positions, llava_of
+from ._util import forward, seeded_sample, training_module
 from .base import ContinualMethod, TaskContext, register_method
 
 STATE_FILE = "ewc.safetensors"
@@ -75,8 +69,6 @@ def estimate_fisher(model, dataset, collate, *, samples: int, seed: int, key: st
     F_j = mean over batches of (∂ log-likelihood of the answer tokens / ∂θ_j)², in float32
     on CPU, keyed by parameter name in the LlavaForConditionalGeneration.
     """
-    from ..train.module import answer_positions
-
     llava = unwrap(model)
     params = {n: p for n, p in llava.named_parameters() if p.requires_grad}
     fisher = {n: torch.zeros(p.shape, dtype=torch.float32) for n, p in params.items()}
@@ -110,11 +102,14 @@ def estimate_fisher(model, dataset, collate, *, samples: int, seed: int, key: st
     return fisher
 
 
-def ewc_penalty(pairs, lam: float, const: float = 0.0) -> torch.Tensor:
-    """λ/2 (Σ A (θ − μ)² + c) over (param, A, μ) triples."""
+def ewc_penalty(pairs, lam: float, const: float = 0.0,
+                layout: ParamLayout | None = None) -> torch.Tensor:
+    """λ/2 (Σ A (θ − μ)² + c) over (param, A, μ) triples; A and μ are this process's part
+    of the parameter as `layout` gives it (the whole parameter by default)."""
+    layout = layout or ParamLayout()
     total = None
     for p, a, mu in pairs:
-        term = (a * (local_shard(p).float() - mu).pow(2)).sum()
+        term = (a * (layout.local(p).float() - mu).pow(2)).sum()
         total = term if total is None else total + term
     if total is None:
         return torch.tensor(0.0)
@@ -145,13 +140,13 @@ class EWC(ContinualMethod):
             return
         for name, p in llava_of(module).named_parameters():
             if p.requires_grad and name in self.fisher:
-                self._live.append((p, like_param(self.fisher[name], p),
-                                   like_param(self.anchor[name], p)))
+                self._live.append((p, ctx.layout.shard_like(self.fisher[name], p),
+                                   ctx.layout.shard_like(self.anchor[name], p)))
 
     def penalty(self, module, batch, logits, ctx: TaskContext):
         if not self._live or self.params.lam == 0:
             return None
-        return ewc_penalty(self._live, self.params.lam, self.const)
+        return ewc_penalty(self._live, self.params.lam, self.const, ctx.layout)
 
     def finish_task(self, mllm, ctx: TaskContext) -> None:
         self._live = []
@@ -162,7 +157,7 @@ class EWC(ContinualMethod):
         device = torch.device(self.params.fisher_device or ctx.device)
         model.to(device)
         try:
-            fisher = estimate_fisher(model, self._data, pixel_collate(ctx),
+            fisher = estimate_fisher(model, self._data, ctx.pixel_collate(),
                                      samples=self.params.fisher_samples, seed=ctx.seed,
                                      key=f"ewc/{ctx.task_name}",
                                      batch_size=self.params.fisher_batch_size)

@@ -165,3 +165,12 @@ class LoRA(ContinualMethod):
     def finish_task(self, mllm, ctx: TaskContext) -> None:
         if is_peft(mllm.model):
             mllm.model = mllm.model.merge_and_unload()
+
+    def snapshot_model(self, mllm):
+        """A merged copy (the training model keeps its adapter): one more model in memory."""
+        if not is_peft(mllm.model):
+            return mllm
+        import copy
+        import dataclasses
+
+        return dataclasses.replace(mllm, model=copy.deepcopy(mllm.model).merge_and_unload())

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError
-from ._util import forward, pixel_collate, seeded_sample
+from ..models.training import answer_positions
+from ._util import seeded_sample
 from .base import ContinualMethod, TaskContext, register_method
 
 _FLOOR = -1e4  # log-probabilities are clamped here so that 0·log 0 terms vanish
@@ -105,12 +106,10 @@ class LwF(ContinualMethod):
         self._collate = None
 
     def before_training(self, module, ctx: TaskContext) -> None:
-        from ..train.module import answer_positions
-
         self.records = []
         if not ctx.previous_tasks or self.params.lam == 0:
             return
-        self._collate = pixel_collate(ctx)
+        self._collate = ctx.pixel_collate()
         p = self.params
         was = module.training
         module.eval()
@@ -124,7 +123,7 @@ class LwF(ContinualMethod):
                     for start in range(0, len(idx), 8):
                         samples = [data[i] for i in idx[start:start + 8]]
                         batch = self._collate(samples)
-                        logits = forward(module, batch, ctx.device)
+                        logits = ctx.forward(module, batch)
                         labels = batch["labels"].to(logits.device)
                         sel, _ = answer_positions(logits, labels)
                         counts = (labels[:, 1:] != -100).sum(1).tolist()
@@ -150,11 +149,9 @@ class LwF(ContinualMethod):
     def penalty(self, module, batch, logits, ctx: TaskContext):
         if not self.records:
             return None
-        from ..train.module import answer_positions
-
         recs = self._next(self.params.replay_batch_size or len(batch["input_ids"]))
         replay = self._collate([r.sample for r in recs])
-        student = forward(module, replay, ctx.device)
+        student = ctx.forward(module, replay)
         sel, _ = answer_positions(student, replay["labels"].to(student.device))
         t_logp = torch.cat([r.logp for r in recs]).to(sel.device)
         index = None if recs[0].index is None else torch.cat([r.index for r in recs]).to(sel.device)

@@ -1,14 +1,19 @@
 """Rehearsal / experience replay (Srivastava App. A.5 (4)): a seeded p % of every finished
 VL task is kept and mixed into every later task's training data.
 
-Task 1 (the base LLM) has no stored data and the alignment captions are never kept: only
-finetune steps (VL tasks) enter the buffer. The buffer holds, per finished task, exactly
-round(p × task size) sample indices of that task's tokenised training set, drawn without
-replacement by a generator seeded with (run seed, task name), so the same seed keeps the
-same samples. It is the method state (``method_state/rehearsal/buffer.json``: task name →
-indices, sample ids, task size); samples are rebuilt from ``ctx.previous_data[task]`` (the
-tokenised dataset of that earlier task, which the trainer provides) and the ids are checked
-(looked up by id if the dataset's order changed). `train_data` appends one
+Task 1 (the base LLM) has no stored data. Task 2 of Srivastava's continual recipe (Table 4)
+is the alignment captions (CC-LAION-SBU) *and* the first instruction set, trained as two
+steps of one task: its buffer keeps p % of each, i.e. round(p × captions) alignment
+samples (tokenised with the plain template, as they were trained) beside round(p ×
+instructions) instruction samples. Later tasks keep p % of their own data. The buffer
+holds, per finished task, exactly round(p × size) sample indices of that part's tokenised
+training set, drawn without replacement by a generator seeded with (run seed, part name),
+so the same seed keeps the same samples. It is the method state
+(``method_state/rehearsal/buffer.json``: part name → indices, sample ids, size; the
+alignment part of task ``t`` is ``t/align``); samples are rebuilt from
+``ctx.previous_data[t]`` and ``ctx.previous_align_data[t]`` (the tokenised datasets of that
+earlier task, which the trainer provides) and the ids are checked (looked up by id if the
+dataset's order changed). `train_data` appends one
 ``torch.utils.data.Subset`` per buffered task; the trainer concatenates and shuffles.
 Rehearsal composes with any method (``msgm+rehearsal``); alone it is Srivastava's
 "Rehearsal (1 %)": naive fine-tuning plus the buffer.
@@ -26,6 +31,11 @@ from ._util import seeded_sample
 from .base import ContinualMethod, TaskContext, register_method
 
 BUFFER_FILE = "buffer.json"
+ALIGN_PART = "/align"  # buffer key suffix of a task's alignment captions
+
+
+def align_key(task: str) -> str:
+    return task + ALIGN_PART
 
 
 @dataclass
@@ -76,22 +86,28 @@ class Rehearsal(ContinualMethod):
     def train_data(self, datasets, ctx: TaskContext):
         if ctx.stage != "finetune":
             return datasets
-        self._current = (ctx.task_name, datasets[0], ctx.seed)
+        self._current = (ctx.task_name, datasets[0], ctx.align_data, ctx.seed)
         out = list(datasets)
         for task in ctx.previous_tasks:
             data = ctx.previous_data.get(task)
             if data is None:
                 raise RuntimeError(f"rehearsal: no data of previous task {task!r} in the context")
-            if task not in self.buffer:  # e.g. rehearsal added to a run after that task
-                self.buffer[task] = self.select(task, data, ctx.seed)
-            if self.buffer[task]["indices"]:
-                out.append(self.samples(task, data))
+            parts = [(task, data)]
+            if ctx.previous_align_data.get(task) is not None:
+                parts.append((align_key(task), ctx.previous_align_data[task]))
+            for key, part in parts:
+                if key not in self.buffer:  # e.g. rehearsal added to a run after that task
+                    self.buffer[key] = self.select(key, part, ctx.seed)
+                if self.buffer[key]["indices"]:
+                    out.append(self.samples(key, part))
         return out
 
     def finish_task(self, mllm, ctx: TaskContext) -> None:
         if self._current is not None and ctx.stage == "finetune":
-            task, data, seed = self._current
+            task, data, align, seed = self._current
             self.buffer[task] = self.select(task, data, seed)
+            if align is not None:
+                self.buffer[align_key(task)] = self.select(align_key(task), align, seed)
         self._current = None
 
     def save_state(self, path: Path) -> None:

@@ -504,15 +504,20 @@ def _fmt(mean: float, std: float, n: int) -> str:
     return f"{mean * PCT:.2f}"
 
 
+COIN_BWT_COLUMN = "BWT (CoIN, 1/T)"
+
+
 def cl_metrics_frame(df: pd.DataFrame) -> pd.DataFrame:
     """CoIN Tables 2–9 as a DataFrame of display strings (values ×100, "mean ± std" over
     seeds). Two lines per config, as CoIN prints them: ``after training`` = a[t][t]
     (accuracy on each task right after learning it) with MAA, BWT, MFT, MFN; ``final``
-    = a[T][t] (after the last task). BWT is GEM's 1/(T−1) form (metrics.bwt)."""
+    = a[T][t] (after the last task). BWT is CoIN's printed form, Σ_{t<T}(a[T][t] − a[t][t])
+    / **T** (metrics.bwt(divide_by="T"); it reproduces CoIN's tables, GEM's divides by
+    T−1), and its column header says so: ``COIN_BWT_COLUMN``."""
     acc = _acc_rows(df)
     if acc.empty:
         return pd.DataFrame()
-    summ = M.cl_summary(acc)
+    summ = M.cl_summary(acc, bwt_divide_by="T")
     if summ.empty:
         return pd.DataFrame()
     mats = _config_matrices(df)
@@ -539,12 +544,14 @@ def cl_metrics_frame(df: pd.DataFrame) -> pd.DataFrame:
         for c in ("maa", "bwt", "mft", "mfn"):
             v = s[c].to_numpy(dtype=float)
             v = v[~np.isnan(v)]
-            first[c.upper()] = _fmt(float(np.mean(v)) if v.size else math.nan,
-                                    float(np.std(v, ddof=1)) if v.size > 1 else 0.0, int(v.size))
-            last[c.upper()] = ""
+            col = COIN_BWT_COLUMN if c == "bwt" else c.upper()
+            first[col] = _fmt(float(np.mean(v)) if v.size else math.nan,
+                              float(np.std(v, ddof=1)) if v.size > 1 else 0.0, int(v.size))
+            last[col] = ""
         rows.append(first)
         rows.append(last)
-    out = pd.DataFrame(rows, columns=["study", "method", "model", "seeds", "line", *task_cols, "MAA", "BWT", "MFT", "MFN"])
+    out = pd.DataFrame(rows, columns=["study", "method", "model", "seeds", "line", *task_cols, "MAA",
+                                      COIN_BWT_COLUMN, "MFT", "MFN"])
     if out["study"].nunique() <= 1:
         out = out.drop(columns="study")
     return out
@@ -575,9 +582,16 @@ def table_cl_metrics(df: pd.DataFrame) -> go.Figure | None:
 # ======================================================================================
 
 
+def _has_epochs(sub: pd.DataFrame) -> bool:
+    """Rows scored inside tasks (results ``epoch`` ≥ 1, `TaskSpec.eval_every_epoch`);
+    0 everywhere means end-of-task rows only."""
+    return ("epoch" in sub.columns and sub["epoch"].notna().all()
+            and bool((sub["epoch"].fillna(0) > 0).any()))
+
+
 def _stage(sub: pd.DataFrame) -> pd.Series:
     """x position of a row: its ``epoch`` column where present, else trained_task_index."""
-    if "epoch" in sub.columns and sub["epoch"].notna().all():
+    if _has_epochs(sub):
         return sub["epoch"].astype(float)
     return sub["trained_task_index"].astype(float)
 
@@ -604,7 +618,7 @@ def fig_emt(df: pd.DataFrame) -> go.Figure | None:
     emt = emt.assign(stage=_stage(emt))
     stage_names = (emt.groupby("stage")["trained_task"]
                    .agg(lambda s: "/".join(dict.fromkeys(map(str, s)))).to_dict())
-    use_epoch = "epoch" in emt.columns and emt["epoch"].notna().all()
+    use_epoch = _has_epochs(emt)
     xmin, xmax = float(emt["stage"].min()), float(emt["stage"].max())
     colors = _colors(runs["label"])
     shown: set = set()
@@ -730,8 +744,8 @@ FIGURES: tuple[FigureSpec, ...] = (
                "VL accuracy rows of at least one trained task"),
     FigureSpec("cl-metrics-table", table_cl_metrics, "CL metrics (CoIN layout)",
                "CoIN Tables 2–9 layout: per method, the first line is each task's accuracy right after learning "
-               "it (a[t][t]) with MAA, BWT, MFT, MFN; the second line the final accuracy a[T][t]. BWT uses "
-               "GEM's 1/(T−1); CoIN's printed BWTs divide by T.",
+               "it (a[t][t]) with MAA, BWT, MFT, MFN; the second line the final accuracy a[T][t]. BWT is "
+               "CoIN's printed form, Σ(a[T][t] − a[t][t]) / T (GEM's divides by T−1; the summary table uses GEM's).",
                "VL accuracy rows of at least one trained task"),
     FigureSpec("emt", fig_emt, "EMT vs CLIP zero-shot",
                "Zhai et al. Fig. 4–7: EMT classification accuracy of the MLLM per dataset and per epoch / "

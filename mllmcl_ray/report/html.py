@@ -160,6 +160,7 @@ def render_report(df: pd.DataFrame, *, title: str | None = None, source: str = "
         '<p class="caption">Final NL / NLU / NLG Δ (Srivastava Eq. 1, App. C.3), final VL accuracy '
         "(harmonic mean), and CoIN MAA / BWT (1/(T−1)) / MFT / MFN over the VL tasks; mean ± std over seeds.</p>"
         f"{summary_html}</section>",
+        _claims_section(df),
     ])
     page = (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
@@ -167,6 +168,19 @@ def render_report(df: pd.DataFrame, *, title: str | None = None, source: str = "
         f"<body>\n{body}\n</body>\n</html>\n"
     )
     return page, drawn, [s.name for s in skipped]
+
+
+def _claims_section(df) -> str:
+    """The report's last section: the paper claims table (report/claims.py)."""
+    from .claims import claims_table
+
+    t = claims_table(df)
+    return ('<section id="section-claims"><h2>Paper claims</h2>'
+            '<p class="caption">Each claim of the papers this project reproduces, the paper\'s '
+            "numbers and this run's (mean ± std over seeds, per seed); holds when the mean and "
+            "every seed are above the threshold, with at least 2 seeds.</p>"
+            + t.to_html(index=False, classes="summary claims", border=0, escape=True)
+            + "</section>")
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -8,54 +8,21 @@ A step checkpoint is a directory::
         method_state/     what CL methods carry across tasks (rehearsal buffer, Fisher, ...)
         position.json     step key, task index/name, stage, losses, complete=true
 
-It is written into a temp dir beside it and renamed into place, so a kill leaves either
-the old state or the whole new checkpoint. `RunState` (run_state.json, also written
+It is written into a temp dir beside it and renamed into place (`mllmcl_ray.io`), so a
+kill leaves either the old state or the whole new checkpoint. `RunState` (run_state.json, also written
 atomically) lists the finished steps in order; a rerun skips them.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..io import atomic_dir, atomic_write_text  # noqa: F401  (re-exported)
+
 POSITION_FILE = "position.json"
 STATE_FILE = "run_state.json"
-
-
-@contextlib.contextmanager
-def atomic_dir(final: str | Path):
-    """Yield a temp dir; on success replace `final` with it, on error remove it."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.mkdir()
-    try:
-        yield tmp
-        if final.exists():
-            old = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.old"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def is_complete(ckpt: str | Path) -> bool:

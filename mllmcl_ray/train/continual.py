@@ -5,15 +5,22 @@ or all of them mixed for the LLaVA recipe), runs each on a training backend (in-
 `LocalBackend`, or Ray Train's `RayBackend` in train/ray_trainer.py), records finished
 steps in `run_state.json`, and calls an evaluator after every task. A rerun with the same
 config skips finished steps, starting from the last checkpoint, so no work is repeated.
+
+A task with `eval_every_epoch` (the EMT protocol: one lr schedule, one optimizer, one
+adapter, evaluated after each epoch) also leaves a checkpoint at each epoch end but the
+last; the evaluator is called for each, in epoch order, with ``step.epoch`` = e (1..E-1),
+then for the task's end with ``step.epoch`` = 0 (the last epoch's model).
 """
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..config import RunConfig, config_hash, to_dict
+from .callbacks import ReportMetrics, TrainCallback
 from .checkpoint import RunState, clean_stale_temps, is_complete
 from .task import StepPlan, plan_steps, run_step
 
@@ -32,15 +39,16 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, progress: bool = True, report: Callable[[dict], None] | None = None):
+    def __init__(self, progress: bool = True, report: Callable[[dict], None] | None = None,
+                 callbacks: Sequence[TrainCallback] = ()):
         self.progress = progress
-        self.report = report
+        self.callbacks = list(callbacks) + ([ReportMetrics(report)] if report is not None else [])
 
     def run(self, cfg: RunConfig, step: StepPlan, prev_checkpoint: str | None, out_dir: Path,
             run_dir: Path) -> dict:
         cache = Path(cfg.output_dir) / "cache"
-        return run_step(cfg, step, prev_checkpoint, out_dir, report=self.report, cache_dir=cache,
-                        progress=self.progress,
+        return run_step(cfg, step, prev_checkpoint, out_dir, callbacks=self.callbacks,
+                        cache_dir=cache, progress=self.progress,
                         feature_cache_dir=cache / "features" if cfg.trainer.feature_cache else None)
 
 
@@ -84,8 +92,7 @@ class ContinualRun:
                 self.log(f"[{self.run_id}] step {i + 1}/{len(steps)} {step.key}: done earlier, skipped")
                 outcomes.append(StepOutcome(step, done["checkpoint"], done.get("summary", {}), True))
                 prev = done["checkpoint"]
-                if self.evaluate is not None and step.evaluate:
-                    self.evaluate(self.cfg, step, done["checkpoint"], self.run_id)
+                self._evaluate(step, done["checkpoint"], done.get("summary", {}))
                 continue
             self.log(f"[{self.run_id}] step {i + 1}/{len(steps)} {step.key}: training "
                      f"({step.stage}, task {step.task_index} {step.task_name})")
@@ -101,6 +108,13 @@ class ContinualRun:
                      f"{summary.get('tokens_per_s', 0):.0f} tok/s")
             outcomes.append(StepOutcome(step, str(out), summary, False))
             prev = str(out)
-            if self.evaluate is not None and step.evaluate:
-                self.evaluate(self.cfg, step, str(out), self.run_id)
+            self._evaluate(step, str(out), summary)
         return outcomes
+
+    def _evaluate(self, step: StepPlan, checkpoint: str, summary: dict) -> None:
+        """Evaluate the step's epoch checkpoints (epoch order), then its end (epoch 0)."""
+        if self.evaluate is None or not step.evaluate:
+            return
+        for epoch, path in summary.get("epoch_checkpoints") or []:
+            self.evaluate(self.cfg, replace(step, epoch=int(epoch)), path, self.run_id)
+        self.evaluate(self.cfg, step, checkpoint, self.run_id)

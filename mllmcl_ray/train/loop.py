@@ -5,6 +5,8 @@ process runs it directly. The global batch is fixed by config: each optimizer st
 consumes exactly `global_batch_size` samples, split over workers and accumulation steps
 (`schedule.accumulation_steps`). Sample order is a seeded permutation, so worker r of W
 sees a deterministic slice and a resumed stage skips exactly the consumed steps.
+Everything that happens around the steps (progress reports, mid-task checkpoints, epoch
+checkpoints, a test's injected failure) is a `TrainCallback` (train/callbacks.py).
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from tqdm.auto import tqdm
 
 from ..config import StageConfig
 from ..methods.base import ContinualMethod, TaskContext
-from .module import answer_positions
+from ..models.training import answer_positions, forward_batch  # noqa: F401  (forward_batch re-exported)
+from .callbacks import TrainCallback
 from .schedule import accumulation_steps, make_optimizer, make_scheduler, num_optimizer_steps
 from .strategies.base import Strategy
 
@@ -50,30 +53,37 @@ def step_indices(n: int, stage: StageConfig, seed: int, total_steps: int) -> np.
     return np.concatenate(chunks)[:need].reshape(total_steps, stage.global_batch_size)
 
 
-def forward_batch(module, batch: dict, device: torch.device) -> torch.Tensor:
-    kwargs = {"input_ids": batch["input_ids"].to(device),
-              "attention_mask": batch["attention_mask"].to(device)}
-    if "image_features" in batch:
-        kwargs["image_features"] = batch["image_features"].to(device)
-    elif "pixel_values" in batch:
-        kwargs["pixel_values"] = batch["pixel_values"].to(device)
-    return module(**kwargs)
+def epoch_end_steps(n: int, stage: StageConfig, total_steps: int) -> dict[int, int]:
+    """{optimizer step: epoch} at which the stage has passed over its `n` samples e times.
+
+    Epoch e (1 .. ceil(stage.epochs)) ends at the first step whose samples reach e·n,
+    ceil(e·n / global_batch), and the stage's last step ends the last epoch. A stage cut
+    short by `max_steps` keeps the epochs it reached; its last step is the end of the
+    first epoch that does not fit.
+    """
+    epochs = max(1, math.ceil(stage.epochs))
+    out: dict[int, int] = {}
+    for e in range(epochs, 0, -1):  # an earlier epoch wins a shared step
+        out[min(total_steps, math.ceil(e * n / stage.global_batch_size))] = e
+    return dict(sorted(out.items()))
 
 
 def train_stage(module, dataset, stage: StageConfig, method: ContinualMethod, strategy: Strategy,
                 ctx: TaskContext, collate: Callable, *, lr: float | None = None, seed: int = 0,
                 stage_name: str = "finetune", start_step: int = 0, optimizer_state: dict | None = None,
-                log_every: int = 10, report: Callable[[dict], None] | None = None,
-                checkpoint_every: int = 0,
-                checkpoint: Callable[[int, dict], None] | None = None,
+                log_every: int = 10, checkpoint_every: int = 0,
+                callbacks: TrainCallback | None = None,
                 features: Callable[[list[str]], torch.Tensor] | None = None,
                 progress: bool = True) -> StageResult:
     """Train `module` (a strategy-wrapped MLLMForTraining) for one stage on `dataset`.
 
-    `report(metrics)` is called every `log_every` steps on every rank (Ray Train's
-    `report` needs all ranks); `checkpoint(step, state)` every `checkpoint_every` steps
-    with the optimizer/scheduler state; `features(paths)` supplies cached tower features.
+    `callbacks` (a TrainCallback, e.g. a CallbackList) get `on_step_end` after every
+    optimizer step, `on_log(metrics)` every `log_every` steps on every rank (Ray Train's
+    `report` needs all ranks), `on_checkpoint(step, state)` every `checkpoint_every` steps
+    with the optimizer/scheduler state and `on_epoch_end(epoch, step)` at the epoch ends
+    of `epoch_end_steps`; `features(paths)` supplies cached tower features.
     """
+    callbacks = callbacks or TrainCallback()
     world, rank = strategy.world_size, strategy.rank
     accum = accumulation_steps(stage, world, stage_name)
     total = num_optimizer_steps(stage, len(dataset))
@@ -83,7 +93,7 @@ def train_stage(module, dataset, stage: StageConfig, method: ContinualMethod, st
     if optimizer_state:
         opt.load_state_dict(optimizer_state["optimizer"])
         sched.load_state_dict(optimizer_state["scheduler"])
-    ctx.forward = lambda m, b: forward_batch(m, b, strategy.device)
+    epoch_ends = epoch_end_steps(len(dataset), stage, total)
     result = StageResult(total_steps=total)
     per_rank = stage.global_batch_size // world
     bar = tqdm(total=total, initial=start_step, desc=f"{ctx.task_name}/{stage_name}",
@@ -102,7 +112,7 @@ def train_stage(module, dataset, stage: StageConfig, method: ContinualMethod, st
             sync = strategy.no_sync(module) if a < accum - 1 else _null()
             with sync:
                 with strategy.autocast():
-                    logits = forward_batch(module, batch, strategy.device)
+                    logits = ctx.forward(module, batch)
                     sel_logits, targets = answer_positions(logits, batch["labels"].to(logits.device))
                     if targets.numel() == 0:
                         loss = logits.sum() * 0.0
@@ -130,15 +140,20 @@ def train_stage(module, dataset, stage: StageConfig, method: ContinualMethod, st
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.3f}")
         done = step + 1
-        if report is not None and (done % max(1, log_every) == 0 or done == total):
+        callbacks.on_step_end(done, step_loss)
+        if done % max(1, log_every) == 0 or done == total:
             now = time.perf_counter()
             tps = strategy.all_reduce_mean(window_tokens / max(now - window_t0, 1e-9)) * world
-            report({"loss": step_loss, "lr": sched.get_last_lr()[0], "tokens_per_s": tps,
-                    "step": done, "total_steps": total, "samples_seen": done * stage.global_batch_size,
-                    "task_index": ctx.task_index, "task": ctx.task_name, "stage": stage_name})
+            callbacks.on_log({
+                "loss": step_loss, "lr": sched.get_last_lr()[0], "tokens_per_s": tps,
+                "step": done, "total_steps": total, "samples_seen": done * stage.global_batch_size,
+                "task_index": ctx.task_index, "task": ctx.task_name, "stage": stage_name})
             window_tokens, window_t0 = 0, now
-        if checkpoint is not None and checkpoint_every and done % checkpoint_every == 0 and done < total:
-            checkpoint(done, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
+        if checkpoint_every and done % checkpoint_every == 0 and done < total:
+            callbacks.on_checkpoint(done, {"optimizer": opt.state_dict(),
+                                           "scheduler": sched.state_dict()})
+        if done in epoch_ends:
+            callbacks.on_epoch_end(epoch_ends[done], done)
     bar.close()
     result.seconds = time.perf_counter() - t0
     result.tokens_per_s = strategy.all_reduce_mean(result.tokens / max(result.seconds, 1e-9)) * world

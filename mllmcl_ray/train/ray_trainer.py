@@ -36,6 +36,10 @@ shared file system on a cluster).
 
 The backend works from inside a Ray Tune trial (a function that builds and fits its own
 TorchTrainer): it only calls `ray.init` when Ray is not initialised yet.
+
+Reporting and mid-task checkpoints are `TrainCallback`s (train/callbacks.py) the worker
+adds; `RayBackend(callbacks=[...])` adds the caller's own (pickled to every worker), e.g.
+the tests' injected worker failure and logits probe.
 """
 from __future__ import annotations
 
@@ -51,8 +55,9 @@ import torch
 
 from ..config import RunConfig
 from ..validate import check_cluster_resources
+from .callbacks import TrainCallback
 from .checkpoint import POSITION_FILE
-from .task import StepPlan
+from .task import StepPlan, stage_path
 
 MID_POSITION = "position.json"
 
@@ -81,7 +86,7 @@ def threads_per_worker(trainer, local_workers: int) -> int:
 
 
 def stage_of(cfg: RunConfig, step: StepPlan):
-    return cfg.stages.align if step.stage == "align" else cfg.stages.finetune
+    return stage_path(step).config(cfg)
 
 
 # ---------------------------------------------------------------------------------------
@@ -97,14 +102,7 @@ def write_mid_checkpoint(path: Path, *, strategy, mllm, step: StepPlan, done: in
     from ..models.build import save_mllm, unwrap
 
     rank = strategy.rank
-    module = strategy.wrapped
-    plain = None
-    if hasattr(strategy, "plain_model"):  # sharded: gather, rank 0 fills its plain copy
-        state = strategy.full_state_dict(module)
-        if rank == 0:
-            plain = strategy.plain_model(state)
-    elif rank == 0:
-        plain = mllm.model
+    plain = strategy.full_model(strategy.wrapped)  # a collective under sharding
     if rank == 0:
         if unwrap(plain) is plain:
             save_mllm(dataclasses.replace(mllm, model=plain), path / "model")
@@ -152,7 +150,6 @@ def read_mid_checkpoint(path: Path, step: StepPlan, rank: int, world_size: int,
 def train_loop_per_worker(config: dict) -> None:
     """What each Ray Train worker runs: one step of the continual run."""
     import ray.train
-    from ray.train import Checkpoint
 
     from .strategies import make_strategy
     from .task import run_step
@@ -178,51 +175,44 @@ def train_loop_per_worker(config: dict) -> None:
         if resume is not None and rank == 0:
             print(f"[{step.key}] resuming at optimizer step {resume['step']} from {ckpt.path}")
 
-    fail = config.get("fail_once")
+    callbacks = [_RayReport(step)] + list(config.get("callbacks") or [])
+    if cfg.trainer.checkpoint_every:
+        callbacks.append(_RayMidCheckpoint(step))
+    run_step(cfg, step, config["prev_checkpoint"], config["out_dir"], strategy=strategy,
+             callbacks=callbacks, cache_dir=config["cache_dir"],
+             feature_cache_dir=config["feature_cache_dir"], resume_state=resume, progress=False)
 
-    def report(metrics: dict) -> None:
-        if fail and rank == fail["rank"] and metrics.get("step") == fail["step"] \
-                and not Path(fail["marker"]).exists():
-            Path(fail["marker"]).write_text(f"failed at step {fail['step']} on rank {rank}\n")
-            raise RuntimeError(f"injected worker failure at step {fail['step']} (rank {rank})")
-        ray.train.report({**metrics, "step_key": step.key})
 
-    def mid_checkpoint(done: int, opt_state: dict, mllm, methods) -> None:
+class _RayReport(TrainCallback):
+    """`ray.train.report` of every logged metrics dict (all ranks, as Ray Train needs)."""
+
+    def __init__(self, step: StepPlan):
+        self.step = step
+
+    def on_log(self, metrics: dict) -> None:
+        import ray.train
+
+        ray.train.report({**metrics, "step_key": self.step.key})
+
+
+class _RayMidCheckpoint(TrainCallback):
+    """A mid-task Ray Train checkpoint every `trainer.checkpoint_every` steps."""
+
+    def __init__(self, step: StepPlan):
+        self.step = step
+
+    def on_checkpoint(self, done: int, optimizer_state: dict) -> None:
+        import ray.train
+        from ray.train import Checkpoint
+
+        st, step = self.state, self.step
         with tempfile.TemporaryDirectory(prefix="mllmcl-ckpt-") as tmp:
-            write_mid_checkpoint(Path(tmp), strategy=strategy, mllm=mllm, step=step, done=done,
-                                 opt_state=opt_state)
+            write_mid_checkpoint(Path(tmp), strategy=st.strategy, mllm=st.mllm, step=step,
+                                 done=done, opt_state=optimizer_state)
             ray.train.report({"step": done, "step_key": step.key, "task_index": step.task_index,
                               "checkpoint": 1},
                              checkpoint=Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"{step.key}-step{done:07d}")
-
-    probe = config.get("probe")
-    if probe:
-        _attach_probe(strategy, probe, device)
-
-    run_step(cfg, step, config["prev_checkpoint"], config["out_dir"], strategy=strategy,
-             report=report, cache_dir=config["cache_dir"], resume_state=resume,
-             mid_checkpoint=mid_checkpoint if cfg.trainer.checkpoint_every else None,
-             feature_cache_dir=config["feature_cache_dir"], progress=False)
-
-
-def _attach_probe(strategy, probe: dict, device: torch.device) -> None:
-    """Diagnostic hook: before gathering, the trained (sharded) module computes logits
-    on a saved batch and rank 0 writes them to `probe["out"]` (tests compare them with
-    the saved checkpoint opened in plain transformers)."""
-    inner = getattr(strategy, "gather_into", None)
-
-    def gather_into(module, mllm):
-        batch = torch.load(probe["batch"], weights_only=True)
-        module.eval()
-        with torch.no_grad():
-            logits = module(**{k: v.to(device) for k, v in batch.items()})
-        if strategy.rank == 0:
-            torch.save(logits.float().cpu(), probe["out"])
-        if inner is not None:
-            inner(module, mllm)
-
-    strategy.gather_into = gather_into
 
 
 # ---------------------------------------------------------------------------------------
@@ -231,19 +221,16 @@ def _attach_probe(strategy, probe: dict, device: torch.device) -> None:
 class RayBackend:
     """Runs each step as a Ray Train `TorchTrainer` (the interface of LocalBackend).
 
-    `init_kwargs` go to `ray.init` when Ray is not initialised yet. `probe` and
-    `fail_once` are diagnostic hooks used by the tests: `probe={"batch": file, "out":
-    file}` saves the trained model's logits on a batch; `fail_once={"rank": r, "step": n,
-    "marker": file}` makes worker r raise once when it reports step n.
+    `init_kwargs` go to `ray.init` when Ray is not initialised yet. `callbacks`
+    (TrainCallbacks, picklable) run on every worker beside the backend's own.
     """
 
     name = "ray"
 
-    def __init__(self, init_kwargs: dict | None = None, probe: dict | None = None,
-                 fail_once: dict | None = None):
+    def __init__(self, init_kwargs: dict | None = None,
+                 callbacks: list[TrainCallback] | tuple = ()):
         self.init_kwargs = dict(init_kwargs or {})
-        self.probe = probe
-        self.fail_once = fail_once
+        self.callbacks = list(callbacks)
         self.last_result = None
 
     def trainer(self, cfg: RunConfig, step: StepPlan, prev_checkpoint: str | None,
@@ -264,7 +251,7 @@ class RayBackend:
                 "cfg": cfg, "step": step, "prev_checkpoint": prev_checkpoint,
                 "out_dir": str(Path(out_dir).resolve()), "cache_dir": str(cache),
                 "feature_cache_dir": str(cache / "features") if t.feature_cache else None,
-                "probe": self.probe, "fail_once": self.fail_once},
+                "callbacks": self.callbacks},
             scaling_config=ScalingConfig(num_workers=max(1, t.num_workers), use_gpu=t.use_gpu,
                                          resources_per_worker=resources),
             run_config=RayRunConfig(
@@ -289,7 +276,7 @@ class RayBackend:
         if not pos.exists():
             raise RuntimeError(f"Ray Train finished step {step.key} without writing {pos}")
         summary = json.loads(pos.read_text())
-        summary["ray_path"] = str(getattr(self.last_result, "path", ""))
+        summary["ray_path"] = str(self.last_result.path)
         return summary
 
 

@@ -5,29 +5,36 @@ Train `TorchTrainer` (`train/ray_trainer.py`). It loads the previous step's chec
 (or builds the model from the spec), lets the CL methods prepare the model and the data,
 trains one stage, runs the methods' end-of-task hooks and writes the step's checkpoint
 atomically (a temp dir renamed into place), so a crash never leaves half a checkpoint.
+
+What differs between the alignment step and a fine-tuning step is a `StagePath` (one per
+stage name in `STAGES`): its stage config, its prompt template, how the model is
+prepared and which method hooks train (methods sit out alignment). Everything else is
+the common path in `run_step`. Around the steps, `TrainCallback`s (train/callbacks.py)
+report, checkpoint mid-task and (`TaskSpec.eval_every_epoch`) write epoch checkpoints.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
-import shutil
-import time
-import uuid
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
 import torch
+from torch.utils.data import ConcatDataset, Subset
 
-from ..config import DataSource, RunConfig, StageConfig, from_dict
+from ..config import ConfigError, DataSource, RunConfig, StageConfig
 from ..data.collate import Collator
 from ..data.tokenized import TokenizedDataset, build_tokenized
-from ..methods.base import MethodStack, TaskContext, build_methods
-from ..models.build import MLLM, build_mllm, load_mllm, save_mllm
+from ..methods.base import ContinualMethod, MethodStack, TaskContext, build_methods
+from ..models.build import MLLM, build_mllm, load_mllm, save_mllm, set_trainable
+from ..models.templates import get_template
+from ..models.training import MLLMForTraining
 from .. import scale as scale_rules
-from .checkpoint import POSITION_FILE, atomic_dir
-from .loop import StageResult, train_stage
-from .module import MLLMForTraining
+from .callbacks import CallbackList, TrainCallback, TrainState
+from .checkpoint import POSITION_FILE, atomic_dir, is_complete
+from .loop import StageResult, epoch_end_steps, train_stage
+from .schedule import num_optimizer_steps
 from .strategies.base import Strategy, get_strategy
 
 
@@ -43,6 +50,12 @@ class StepPlan:
     evaluate: bool = True  # evaluate after this step
     previous_tasks: list[str] = field(default_factory=list)  # finished VL tasks (sources known)
     previous_sources: dict[str, list[DataSource]] = field(default_factory=dict)
+    # the alignment captions trained earlier in this task (continual recipe, first VL task)
+    align_sources: list[DataSource] = field(default_factory=list)
+    # finished task -> the alignment captions trained in it (for rehearsal of task 2)
+    previous_align: dict[str, list[DataSource]] = field(default_factory=dict)
+    eval_every_epoch: bool = False  # write (and evaluate) a checkpoint at each epoch end
+    epoch: int = 0  # what an evaluation scores: 0 = the task's end, e >= 1 its epoch e
 
 
 def plan_steps(cfg: RunConfig) -> list[StepPlan]:
@@ -57,15 +70,19 @@ def plan_steps(cfg: RunConfig) -> list[StepPlan]:
         steps.append(StepPlan("02-llava", 2, "llava", "finetune", sources))
         return steps
     if cfg.recipe != "continual":
-        from ..config import ConfigError
-
         raise ConfigError(f"recipe {cfg.recipe!r} must be 'continual' or 'llava'")
     prev: dict[str, list[DataSource]] = {}
+    prev_align: dict[str, list[DataSource]] = {}
     for i, task in enumerate(cfg.tasks):
         k = i + 2
+        align = list(cfg.align) if i == 0 else []  # task 2 = alignment + first instructions
         steps.append(StepPlan(f"{k:02d}-{task.name}", k, task.name, "finetune", list(task.train),
-                              previous_tasks=list(prev), previous_sources=dict(prev)))
+                              previous_tasks=list(prev), previous_sources=dict(prev),
+                              align_sources=align, previous_align=dict(prev_align),
+                              eval_every_epoch=task.eval_every_epoch))
         prev[task.name] = list(task.train)
+        if align:
+            prev_align[task.name] = align
     return steps
 
 
@@ -110,47 +127,135 @@ def resolve_lr(stage: StageConfig, mllm: MLLM, stage_name: str) -> float:
         from ..models.build import llm_parameter_count
 
         return scale_rules.stage_lr(stage_name, llm_parameter_count(mllm.model))
-    from ..config import ConfigError
-
     raise ConfigError(f"stages.{stage_name}.lr_rule {stage.lr_rule!r} must be 'fixed' or 'scaled'")
 
 
+# ---------------------------------------------------------------------------------------
+# the two stage paths
+# ---------------------------------------------------------------------------------------
+class StagePath:
+    """What one stage name does differently; the base is the fine-tuning path."""
+
+    name = "finetune"
+
+    def config(self, cfg: RunConfig) -> StageConfig:
+        return cfg.stages.finetune
+
+    def template(self):
+        """The prompt template the step's data is tokenised with (None: the model's)."""
+        return None
+
+    def prepare_model(self, mllm: MLLM, methods: MethodStack, ctx: TaskContext,
+                      stage: StageConfig) -> None:
+        methods.prepare_model(mllm, ctx)
+
+    def training_methods(self, methods: MethodStack) -> ContinualMethod:
+        """Whose hooks train the step (data, before_training, loss, penalty, finish_task)."""
+        return methods
+
+
+class AlignPath(StagePath):
+    """Alignment: the configured parameters (projector) train with plain cross-entropy on
+    plain-template captions, for every method; no method hook runs."""
+
+    name = "align"
+
+    def config(self, cfg: RunConfig) -> StageConfig:
+        return cfg.stages.align
+
+    def template(self):
+        return get_template("plain")
+
+    def prepare_model(self, mllm, methods, ctx, stage) -> None:
+        set_trainable(mllm.model, stage.train)
+
+    def training_methods(self, methods):
+        return MethodStack([])
+
+
+STAGES: dict[str, StagePath] = {"align": AlignPath(), "finetune": StagePath()}
+
+
+def stage_path(step: StepPlan) -> StagePath:
+    if step.stage not in STAGES:
+        raise ConfigError(f"step {step.key}: stage {step.stage!r} must be one of {sorted(STAGES)}")
+    return STAGES[step.stage]
+
+
+def epoch_checkpoint_dir(out_dir: str | Path, epoch: int) -> Path:
+    """Where the epoch-`epoch` checkpoint of the step writing `out_dir` goes (a sibling)."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / f"{out_dir.name}-epoch{epoch:02d}"
+
+
+class EpochCheckpoints(TrainCallback):
+    """Writes a checkpoint at every epoch end but the last (`TaskSpec.eval_every_epoch`):
+    the model as it is mid-task, in checkpoint form (`ContinualMethod.snapshot_model`), no
+    method state; `ContinualRun` evaluates each. All ranks gather (a collective under
+    sharding), rank 0 writes."""
+
+    def __init__(self, out_dir: Path, methods: MethodStack, last_step: int):
+        self.out_dir, self.methods, self.last_step = Path(out_dir), methods, last_step
+
+    def on_epoch_end(self, epoch: int, step: int) -> None:
+        if step >= self.last_step:  # the task-end checkpoint is this epoch's
+            return
+        st = self.state
+        plain = st.strategy.full_model(st.module)
+        if st.rank == 0:
+            snap = self.methods.snapshot_model(dataclasses.replace(st.mllm, model=plain))
+            path = epoch_checkpoint_dir(self.out_dir, epoch)
+            save_checkpoint(snap, self.methods, path, {
+                "key": st.step.key, "task_index": st.step.task_index, "task": st.step.task_name,
+                "stage": st.step.stage, "epoch": epoch, "step": step, "complete": True},
+                method_state=False)
+        st.strategy.barrier()
+
+
+# ---------------------------------------------------------------------------------------
+# one step
+# ---------------------------------------------------------------------------------------
 def run_step(cfg: RunConfig, step: StepPlan, prev_checkpoint: str | None, out_dir: str | Path,
-             *, strategy: Strategy | None = None, report: Callable[[dict], None] | None = None,
-             cache_dir: str | Path | None = None, resume_state: dict | None = None,
-             mid_checkpoint: Callable[[int, dict, MLLM, MethodStack], None] | None = None,
-             feature_cache_dir: str | Path | None = None, progress: bool = True) -> dict:
-    """Run one step; returns a summary dict. Rank 0 writes the checkpoint at `out_dir`."""
+             *, strategy: Strategy | None = None, callbacks: Sequence[TrainCallback] = (),
+             cache_dir: str | Path | None = None, feature_cache_dir: str | Path | None = None,
+             resume_state: dict | None = None, progress: bool = True) -> dict:
+    """Run one step; returns a summary dict. Rank 0 writes the checkpoint at `out_dir`.
+
+    `resume_state` ({"step", "model_state", "optimizer_state"}) continues a step from a
+    mid-task checkpoint; `feature_cache_dir` serves cached tower features.
+    """
     torch.manual_seed(cfg.seed + step.task_index)
     out_dir = Path(out_dir)
     cache_dir = Path(cache_dir or Path(cfg.output_dir) / "cache")
-    stage = cfg.stages.align if step.stage == "align" else cfg.stages.finetune
+    path = stage_path(step)
+    stage = path.config(cfg)
     strategy = strategy or get_strategy("none")
+    resume_state = resume_state or {}
     methods = build_methods(cfg.method)
     if prev_checkpoint:
         methods.load_state(Path(prev_checkpoint) / "method_state")
     mllm = load_step_model(cfg, prev_checkpoint, methods)
-    ctx = TaskContext(task_index=step.task_index, task_name=step.task_name, stage=step.stage,
-                      seed=cfg.seed, prev_checkpoint=prev_checkpoint,
-                      previous_tasks=list(step.previous_tasks), device=strategy.device,
-                      world_size=strategy.world_size, rank=strategy.rank)
-    template = None
-    if step.stage == "align":
-        from ..models.templates import get_template
-
-        template = get_template("plain")
-        from ..models.build import set_trainable
-
-        set_trainable(mllm.model, stage.train)  # alignment: projector only, for every method
-    else:
-        methods.prepare_model(mllm, ctx)
+    plain = get_template("plain")
     read_stats: list = []
-    data = tokenized_sources(mllm, step.sources, cfg, cache_dir, template, stats=read_stats)
+    data = tokenized_sources(mllm, step.sources, cfg, cache_dir, path.template(), stats=read_stats)
     data_counts = check_step_data(step, data, read_stats)
-    ctx.previous_data = {name: tokenized_sources(mllm, srcs, cfg, cache_dir)
-                         for name, srcs in step.previous_sources.items()}
-    datasets = [data] if step.stage == "align" else methods.train_data([data], ctx)
-    dataset = datasets[0] if len(datasets) == 1 else torch.utils.data.ConcatDataset(datasets)
+    collate = Collator(mllm.tokenizer.pad_token_id, mllm.image_processor,
+                       load_pixels=feature_cache_dir is None)
+    ctx = TaskContext(
+        task_index=step.task_index, task_name=step.task_name, stage=step.stage, seed=cfg.seed,
+        prev_checkpoint=prev_checkpoint, previous_tasks=list(step.previous_tasks),
+        previous_data={name: tokenized_sources(mllm, srcs, cfg, cache_dir)
+                       for name, srcs in step.previous_sources.items()},
+        previous_align_data={name: tokenized_sources(mllm, srcs, cfg, cache_dir, plain)
+                             for name, srcs in step.previous_align.items()},
+        align_data=(tokenized_sources(mllm, step.align_sources, cfg, cache_dir, plain)
+                    if step.align_sources else None),
+        collate=collate, device=strategy.device, world_size=strategy.world_size,
+        rank=strategy.rank, layout=strategy)
+    path.prepare_model(mllm, methods, ctx, stage)
+    hooks = path.training_methods(methods)
+    datasets = hooks.train_data([data], ctx)
+    dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
     features = None
     if feature_cache_dir is not None:
         from ..data.feature_cache import FeatureCache
@@ -160,62 +265,77 @@ def run_step(cfg: RunConfig, step: StepPlan, prev_checkpoint: str | None, out_di
         features.precompute(paths, strategy.rank, strategy.world_size)
         strategy.barrier()
         features.refresh()
-    collate = Collator(mllm.tokenizer.pad_token_id, mllm.image_processor,
-                       load_pixels=features is None)
-    ctx.collate = collate
     module = strategy.wrap(MLLMForTraining(mllm.model))
-    if step.stage != "align":
-        methods.before_training(module, ctx)
-    if (resume_state or {}).get("model_state") is not None:  # mid-task resume: its weights
+    hooks.before_training(module, ctx)
+    if resume_state.get("model_state") is not None:  # mid-task resume: its weights
         strategy.load_model_state(module, resume_state["model_state"])
     lr = resolve_lr(stage, mllm, step.stage)
-
-    def _mid(done, opt_state):
-        if mid_checkpoint is not None:
-            mid_checkpoint(done, opt_state, mllm, methods)
-
-    start_step = (resume_state or {}).get("step", 0)
+    total = num_optimizer_steps(stage, len(dataset))
+    cbs = list(callbacks)
+    if step.eval_every_epoch:
+        cbs.append(EpochCheckpoints(out_dir, methods, total))
+    cb = CallbackList(cbs).bind(TrainState(step, ctx, strategy, mllm, module))
+    cb.on_stage_start()
     result: StageResult = train_stage(
-        module, dataset, stage, methods if step.stage != "align" else MethodStack([]), strategy,
-        ctx, collate, lr=lr, seed=cfg.seed * 1000 + step.task_index, stage_name=step.stage,
-        start_step=start_step, optimizer_state=(resume_state or {}).get("optimizer_state"),
-        log_every=cfg.trainer.log_every, report=report,
-        checkpoint_every=cfg.trainer.checkpoint_every, checkpoint=_mid, features=features,
-        progress=progress)
-    strategy.gather_into(module, mllm) if hasattr(strategy, "gather_into") else None
+        module, dataset, stage, hooks, strategy, ctx, collate, lr=lr,
+        seed=cfg.seed * 1000 + step.task_index, stage_name=step.stage,
+        start_step=resume_state.get("step", 0), optimizer_state=resume_state.get("optimizer_state"),
+        log_every=cfg.trainer.log_every, checkpoint_every=cfg.trainer.checkpoint_every,
+        callbacks=cb, features=features, progress=progress)
+    cb.on_train_end()
+    strategy.gather_into(module, mllm)
     summary = {"key": step.key, "task_index": step.task_index, "task": step.task_name,
                "stage": step.stage, "steps": result.steps, "total_steps": result.total_steps,
                "first_loss": result.losses[0] if result.losses else None,
                "last_loss": result.losses[-1] if result.losses else None,
                "losses": result.losses, "samples": len(dataset), "lr": lr,
-               "tokens_per_s": result.tokens_per_s, "seconds": result.seconds, **data_counts}
+               "tokens_per_s": result.tokens_per_s, "seconds": result.seconds, **data_counts,
+               "epoch_checkpoints": epoch_checkpoints(step, out_dir, len(dataset), stage, total)}
     if strategy.rank == 0:
         mllm.model.eval()
-        if step.stage != "align":
-            methods.finish_task(mllm, ctx)
+        hooks.finish_task(mllm, ctx)
         save_checkpoint(mllm, methods, out_dir, {**summary, "complete": True})
+        cb.on_save(out_dir)
     strategy.barrier()
     return summary
 
 
-def _leaves(datasets) -> list:
+def epoch_checkpoints(step: StepPlan, out_dir: Path, n: int, stage: StageConfig,
+                      total: int) -> list[list]:
+    """[[epoch, path], ...] of the step's complete epoch checkpoints (before the last)."""
+    if not step.eval_every_epoch:
+        return []
     out = []
-    for d in datasets:
-        if isinstance(d, torch.utils.data.ConcatDataset):
-            out.extend(_leaves(d.datasets))
-        elif hasattr(d, "image_paths"):
-            out.append(d)
-        elif hasattr(d, "dataset"):  # Subset
-            out.extend(_leaves([d.dataset]))
+    for s, e in epoch_end_steps(n, stage, total).items():
+        d = epoch_checkpoint_dir(out_dir, e)
+        if s < total and is_complete(d):
+            out.append([e, str(d)])
     return out
 
 
-def save_checkpoint(mllm: MLLM, methods: MethodStack, out_dir: Path, position: dict) -> Path:
+def _leaves(datasets) -> list[TokenizedDataset]:
+    out = []
+    for d in datasets:
+        if isinstance(d, ConcatDataset):
+            out.extend(_leaves(d.datasets))
+        elif isinstance(d, TokenizedDataset):
+            out.append(d)
+        elif isinstance(d, Subset):
+            out.extend(_leaves([d.dataset]))
+        else:
+            raise TypeError(f"training data of type {type(d).__name__}: a method's train_data "
+                            "must return TokenizedDatasets, Subsets or ConcatDatasets of them")
+    return out
+
+
+def save_checkpoint(mllm: MLLM, methods: MethodStack, out_dir: Path, position: dict,
+                    method_state: bool = True) -> Path:
     """Write model + method state + position into `out_dir` atomically."""
     with atomic_dir(out_dir) as tmp:
         model_dir = tmp / "model"
         if not methods.save_model(mllm, model_dir):
             save_mllm(mllm, model_dir)
-        methods.save_state(tmp / "method_state")
+        if method_state:
+            methods.save_state(tmp / "method_state")
         (tmp / POSITION_FILE).write_text(json.dumps(position, indent=1, default=str))
     return out_dir

@@ -141,7 +141,7 @@ VL_TASK_INFO: dict[str, dict[str, str]] = {
                 "description": "plain captions; human value is just <image>"},
     "instruct": {"eval": "exact", "analogue": "LLaVA-Instruct (Srivastava task 2)",
                  "description": "1-3 turn questions with short descriptive answers"},
-    "vqa": {"eval": "vqa", "analogue": "VQAv2 / GQA (task 3)",
+    "vqa": {"eval": "vqa_norm", "analogue": "VQAv2 / GQA (task 3)",
             "description": "colour/shape/count/position/yes-no/relation, single-word answers, 10 references"},
     "ocr": {"eval": "exact", "analogue": "OCR-VQA / TextVQA (task 4)",
             "description": "a word drawn with the PIL bitmap font"},

@@ -36,6 +36,13 @@ class GenRequest:
     prompt: str
     image: str | None = None  # image file path
     max_new_tokens: int = 16
+    temperature: float = 0.0  # 0: greedy; > 0: sample (the CoIN judge samples, judge.py)
+    top_p: float = 1.0  # nucleus sampling mass (only when temperature > 0)
+    repetition_penalty: float = 1.0  # HF/vLLM repetition penalty (1: none)
+
+    @property
+    def sampling(self) -> tuple[float, float, float]:
+        return (self.temperature, self.top_p, self.repetition_penalty)
 
 
 class Engine(ABC):

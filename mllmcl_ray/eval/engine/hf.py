@@ -160,11 +160,17 @@ class HFEngine(Engine):
 
         return pixel_values(self.image_processor, paths).to(self.device, self._dtype())
 
-    def _generation_config(self, max_new_tokens: int):
+    def _generation_config(self, max_new_tokens: int, req: GenRequest | None = None):
         from transformers import GenerationConfig
 
-        return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                use_cache=True, pad_token_id=self.pad_id,
+        sample = {}
+        if req is not None and req.temperature > 0:  # the judge's sampling (judge.py)
+            sample = dict(do_sample=True, temperature=req.temperature, top_p=req.top_p,
+                          repetition_penalty=req.repetition_penalty)
+        elif req is not None and req.repetition_penalty != 1.0:
+            sample = dict(repetition_penalty=req.repetition_penalty)
+        return GenerationConfig(max_new_tokens=max_new_tokens, **{"do_sample": False, **sample},
+                                num_beams=1, use_cache=True, pad_token_id=self.pad_id,
                                 eos_token_id=self.stop_ids or None)
 
     def decoding(self, **extra: Any) -> dict:
@@ -207,6 +213,8 @@ class HFEngine(Engine):
     def _generate_batch(self, seqs: list[list[int]], reqs: list[GenRequest]
                         ) -> tuple[list[str], list[list[int]]]:
         budget = max(r.max_new_tokens for r in reqs)
+        if len({r.sampling for r in reqs}) > 1:
+            raise ValueError("one generate() batch mixes sampling settings; send them apart")
         room = self.max_length - budget
         if room <= 0:
             raise ValueError(f"max_new_tokens {budget} leaves no room in max_length "
@@ -217,7 +225,8 @@ class HFEngine(Engine):
         if reqs[0].image is not None:
             kwargs["pixel_values"] = self._pixels([r.image for r in reqs])
         gen = self.model.generate(input_ids=input_ids, attention_mask=mask,
-                                  generation_config=self._generation_config(budget), **kwargs)
+                                  generation_config=self._generation_config(budget, reqs[0]),
+                                  **kwargs)
         new = gen[:, input_ids.shape[1]:].tolist()
         texts, toks = [], []
         for row, r in zip(new, reqs):

@@ -119,8 +119,10 @@ class VLLMEngine(Engine):
                                                       add_generation_prompt=True)
         return super().chat_prompt(message, system)
 
-    def _sampling(self, max_tokens: int, **kw: Any):
-        return self._vllm.SamplingParams(temperature=0.0, top_p=1.0, max_tokens=max_tokens,
+    def _sampling(self, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                  **kw: Any):
+        return self._vllm.SamplingParams(temperature=temperature, top_p=top_p,
+                                         max_tokens=max_tokens,
                                          stop_token_ids=self.stop_ids or None,
                                          skip_special_tokens=True, **kw)
 
@@ -141,7 +143,8 @@ class VLLMEngine(Engine):
                 if "<image>" in r.prompt:
                     raise ValueError("prompt has '<image>' but the request has no image")
                 inputs.append({"prompt_token_ids": self._text_ids(r.prompt)})
-            params.append(self._sampling(r.max_new_tokens))
+            params.append(self._sampling(r.max_new_tokens, r.temperature, r.top_p,
+                                         repetition_penalty=r.repetition_penalty))
         outs = self.llm.generate(inputs, sampling_params=params, use_tqdm=False) if inputs else []
         self.last_token_ids = []
         for o in outs:

@@ -29,6 +29,7 @@ import numpy as np
 from ...config import EvalSet
 from .. import scoring
 from ..engine.base import GenRequest
+from ..kinds import max_new_tokens
 from .common import SuiteResult, content_hash
 from .vl import load_eval_records, record_fingerprint
 
@@ -82,7 +83,7 @@ def run_emt_set(engine, eval_set: EvalSet, *, template=None, seed: int = 0,
     reqs = []
     for rec, labels in zip(records, label_sets):
         conv = [{"from": "human", "value": "<image>\n" + emt_prompt(labels, noun)}]
-        reqs.append(GenRequest(template.prompt(conv), rec.get("image"), eval_set.max_new_tokens))
+        reqs.append(GenRequest(template.prompt(conv), rec.get("image"), max_new_tokens(eval_set)))
     outs = engine.generate(reqs) if reqs else []
     preds = []
     for rec, req, out, labels in zip(records, reqs, outs, label_sets):
@@ -94,7 +95,7 @@ def run_emt_set(engine, eval_set: EvalSet, *, template=None, seed: int = 0,
     metrics = {"emt_exact": summ["accuracy"]}
     for mode in (scoring.EMT_WRONG, scoring.EMT_INTRINSIC, scoring.EMT_EXTRINSIC):
         metrics[f"emt_exact_{mode}"] = summ[mode]
-    decoding = engine.decoding(max_new_tokens=eval_set.max_new_tokens)
+    decoding = engine.decoding(max_new_tokens=max_new_tokens(eval_set))
     if embedder is not None:
         for p, rec, labels in zip(preds, records, label_sets):
             p["emt_nearest"] = scoring.emt_nearest(p["prediction"], labels, str(rec["label"]),

@@ -1,15 +1,12 @@
 """Vision-language test sets: slim subset → template prompt → greedy answer → scorer.
 
 An `EvalSet` names a LLaVA-format test file (records ``{id, image, conversations}`` plus
-scorer fields) and its scorer `kind`:
-
-| kind | reference field | scorer (`eval/scoring.py`) |
-|---|---|---|
-| ``vqa`` | ``answers`` (10 human answers; else the gpt turn) | `vqa_accuracy` |
-| ``exact`` | ``answer`` (else the gpt turn) | `exact_match` |
-| ``option`` | ``answer`` letter (else the gpt turn) | `option_letter_match` |
-| ``grounding`` | ``bbox`` [x1, y1, x2, y2] in [0, 1] | `grounding_correct` (IoU > 0.5) |
-| ``classification`` | ``label`` (else the gpt turn) | `classification_match` |
+scorer fields) and its scorer `kind`, an entry of the eval-kind registry
+(`eval/kinds.py`): the kind says which record field is the reference, which scorer of
+`eval/scoring.py` scores an answer, the default generation budget
+(``EvalSet.max_new_tokens=None``) and, for some kinds, per-sample outcomes reported as
+extra metrics (``grounding_truncated``: the box was cut off by the budget).
+docs/evaluation.md lists every kind with its source.
 
 The subset is ``max_samples`` records chosen by the seed (`common.select_subset`, the
 slim sets of Srivastava et al. / Prismatic hold 1024). The prompt is the record's
@@ -25,15 +22,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from collections.abc import Callable
 
 from ...config import DataSource, EvalSet
 from ...data.instruct import read_instructions
-from .. import scoring
+from .. import kinds
+from ..kinds import gt_answer
 from ..engine.base import GenRequest
 from .common import SuiteResult, content_hash, select_subset
 
-VL_KINDS = ("vqa", "exact", "option", "grounding", "classification")
 OCR_PREFIX = "Reference OCR token: "
 
 
@@ -45,39 +41,25 @@ def load_eval_records(eval_set: EvalSet, seed: int = 0,
     return select_subset(recs, limit, seed)
 
 
-def gt_answer(rec: dict) -> str:
-    """The record's last assistant answer."""
-    return next((t["value"] for t in reversed(rec["conversations"]) if t["from"] == "gpt"), "")
+def vl_kind(name: str) -> kinds.EvalKind:
+    """The registered kind `name`, which must have a per-answer scorer."""
+    k = kinds.get_kind(name)
+    if k.scorer is None or k.reference is None:
+        raise ValueError(f"eval kind {name!r} belongs to the {k.suite} suite and cannot score "
+                         f"a VL set; VL kinds: {', '.join(VL_KINDS)}")
+    return k
+
+
+VL_KINDS = tuple(n for n, k in kinds.KINDS.items() if k.scorer is not None)
 
 
 def reference(rec: dict, kind: str):
-    if kind == "vqa":
-        return list(rec.get("answers") or [gt_answer(rec)])
-    if kind in ("exact", "option"):
-        return str(rec.get("answer", gt_answer(rec)))
-    if kind == "grounding":
-        if "bbox" not in rec:
-            raise ValueError(f"grounding record {rec.get('id')!r} has no 'bbox'")
-        return [float(v) for v in rec["bbox"]]
-    if kind == "classification":
-        return str(rec.get("label", gt_answer(rec)))
-    raise ValueError(f"unknown eval kind {kind!r}; known: {', '.join(VL_KINDS)}")
-
-
-SCORERS: dict[str, Callable] = {
-    "vqa": lambda pred, ref: scoring.vqa_accuracy(pred, ref),
-    "exact": lambda pred, ref: scoring.exact_match(pred, ref),
-    "option": lambda pred, ref: scoring.option_letter_match(pred, ref),
-    "grounding": lambda pred, ref: float(scoring.grounding_correct(pred, ref)),
-    "classification": lambda pred, ref: scoring.classification_match(pred, ref),
-}
+    """The record's reference for `kind` (answers, letter, box or label)."""
+    return vl_kind(kind).reference(rec)
 
 
 def score(kind: str, prediction: str, ref) -> float:
-    try:
-        return float(SCORERS[kind](prediction, ref))
-    except KeyError:
-        raise ValueError(f"unknown eval kind {kind!r}; known: {', '.join(VL_KINDS)}") from None
+    return vl_kind(kind).score(prediction, ref)
 
 
 def add_ocr_tokens(question: str, tokens) -> str:
@@ -108,12 +90,15 @@ def record_conversation(rec: dict, ocr: bool) -> list[dict]:
     return convs
 
 
-def judge_question(rec: dict) -> str:
+def judge_question(rec: dict, full: bool = False) -> str:
     """The question as CoIN's judge sees it: the first human message without the image
-    placeholder and without its last line (the answer-format instruction)."""
+    placeholder and without its last line (the answer-format instruction); ``full``
+    keeps every line (create_prompt.py's Grounding branch)."""
     text = next(t["value"] for t in rec["conversations"] if t["from"] == "human")
     text = text.replace("<image>", "").strip()
     lines = text.split("\n")
+    if full:
+        return text
     return "\n".join(lines[:-1]).strip() if len(lines) > 1 else text
 
 
@@ -132,7 +117,7 @@ def build_requests(template, records: list[dict], eval_set: EvalSet, ocr: bool
     for rec in records:
         prompt = template.prompt(record_conversation(rec, ocr))
         reqs.append(GenRequest(prompt=prompt, image=rec.get("image"),
-                               max_new_tokens=eval_set.max_new_tokens))
+                               max_new_tokens=kinds.max_new_tokens(eval_set)))
     return reqs
 
 
@@ -142,24 +127,29 @@ def run_vl_set(engine, eval_set: EvalSet, *, template=None, seed: int = 0,
     template = template or getattr(engine, "template", None)
     if template is None:
         raise ValueError("run_vl_set needs the model's conversation template")
-    if eval_set.kind not in VL_KINDS:
-        raise ValueError(f"EvalSet {eval_set.name!r}: kind {eval_set.kind!r} is not one of "
-                         f"{', '.join(VL_KINDS)}")
+    kind = vl_kind(eval_set.kind)
     ocr = use_ocr(eval_set, ocr_tokens)
     records = load_eval_records(eval_set, seed, max_samples)
     reqs = build_requests(template, records, eval_set, ocr)
     outs = engine.generate(reqs) if reqs else []
     preds = []
     for rec, req, out in zip(records, reqs, outs):
-        ref = reference(rec, eval_set.kind)
-        preds.append({"id": rec["id"], "prompt": req.prompt, "prediction": out,
-                      "reference": ref, "score": score(eval_set.kind, out, ref),
-                      "question": judge_question(rec), "answer": gt_answer(rec)})
+        ref = kind.reference(rec)
+        p = {"id": rec["id"], "prompt": req.prompt, "prediction": out, "reference": ref,
+             "score": kind.score(out, ref),
+             "question": judge_question(rec, full=kind.judge_rule == "CoIN_Grounding"),
+             "answer": gt_answer(rec)}
+        if kind.outcome is not None:
+            p["outcome"] = kind.outcome(out, ref)
+        preds.append(p)
     n = len(preds)
-    acc = sum(p["score"] for p in preds) / n if n else math.nan
+    metrics = {"accuracy": sum(p["score"] for p in preds) / n if n else math.nan}
+    for outcome, metric in kind.outcome_metrics.items():
+        metrics[metric] = (sum(p.get("outcome") == outcome for p in preds) / n if n
+                           else math.nan)
     hashed = [eval_set.kind, ocr, [record_fingerprint(r) for r in records]]
-    return SuiteResult(dataset=eval_set.name, split="vl", metrics={"accuracy": acc}, n=n,
+    return SuiteResult(dataset=eval_set.name, split="vl", metrics=metrics, n=n,
                        eval_set_hash=content_hash(hashed),
                        prompt_version=template.version + ("+ocr" if ocr else ""),
-                       decoding=engine.decoding(max_new_tokens=eval_set.max_new_tokens),
+                       decoding=engine.decoding(max_new_tokens=kinds.max_new_tokens(eval_set)),
                        predictions=preds)

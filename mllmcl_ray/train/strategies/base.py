@@ -1,7 +1,13 @@
 """Parallel strategies behind one base class and a name registry.
 
 A strategy wraps the training module for its process group and knows how to gather a
-full state dict for saving; it never knows which CL method runs. `single` is the plain
+full state dict for saving; it never knows which CL method runs. The base class declares
+everything the trainer asks of a strategy, with the single-process answer as default:
+`wrap`, `no_sync`, `autocast`, `clip_grad_norm`, `all_reduce_mean`, `full_state_dict`,
+`load_model_state`, `full_model` (a plain model with the full weights, for checkpoints
+taken mid-task), `plain_model`, `gather_into` (end of task) and `barrier`; and, as a
+`ParamLayout`, how a parameter is split across processes (`local`, `shard_like`), which
+is how methods such as EWC reach sharded parameters without knowing about DTensors. `single` is the plain
 one-process loop; `ddp` and the FSDP2 strategies (`full_shard`, `shard_grad_op`) live in
 their own modules.
 """
@@ -14,6 +20,7 @@ import torch
 from torch import nn
 
 from ...config import ConfigError
+from ...models.training import MLLMForTraining, ParamLayout
 
 STRATEGIES: dict[str, type[Strategy]] = {}
 
@@ -36,7 +43,7 @@ def get_strategy(name: str, **kwargs) -> Strategy:
     return STRATEGIES[name](name=name, **kwargs)
 
 
-class Strategy:
+class Strategy(ParamLayout):
     names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str = "none", device: torch.device | None = None,
@@ -90,11 +97,30 @@ class Strategy:
 
     def full_state_dict(self, module: nn.Module) -> dict | None:
         """The unwrapped inner model's full state dict (on rank 0; None elsewhere)."""
-        inner = module.module if hasattr(module, "module") else module
-        return {k: v.detach().cpu() for k, v in inner.model.state_dict().items()}
+        return {k: v.detach().cpu() for k, v in self.unwrap(module).model.state_dict().items()}
 
-    def unwrap(self, module: nn.Module) -> nn.Module:
-        return module.module if hasattr(module, "module") else module
+    def unwrap(self, module: nn.Module) -> MLLMForTraining:
+        """The MLLMForTraining inside what `wrap` returned (itself when not wrapped)."""
+        return module
+
+    def plain_model(self, state: dict) -> nn.Module:
+        """Rank 0: an ordinary (unsharded) model holding `state` (a full state dict of the
+        inner model). Unsharded strategies train a plain model already: it is returned
+        as it is (its weights are `state`)."""
+        return self.unwrap(self.wrapped).model
+
+    def full_model(self, module: nn.Module) -> nn.Module | None:
+        """A plain model with the full current weights on rank 0 (None on ranks without
+        one). A collective under sharding: every rank calls it. Unsharded: the live model."""
+        return self.unwrap(module).model
+
+    def gather_into(self, module: nn.Module, mllm) -> None:
+        """At the task's end: make `mllm.model` a plain model with the trained weights
+        where `full_model` gives one (every rank here; rank 0 under sharding), for the
+        end-of-task hooks and saving. A collective: every rank calls it."""
+        plain = self.full_model(module)
+        if plain is not None:
+            mllm.model = plain
 
     def load_model_state(self, module: nn.Module, state: dict) -> None:
         """Load a full state dict of the inner model (keys of `mllm.model`) into the
@@ -108,12 +134,11 @@ class Strategy:
 
 def enable_activation_checkpointing(module: nn.Module) -> None:
     """transformers' gradient checkpointing (non-reentrant) on the LLaVA model inside
-    `module` (an MLLMForTraining, possibly DDP-wrapped): recompute each decoder layer's
+    `module` (an MLLMForTraining, before any wrapping): recompute each decoder layer's
     activations in backward. Module names do not change, so state dicts stay plain."""
     from ...models.build import unwrap
 
-    inner = module.module if hasattr(module, "module") else module
-    model = unwrap(inner.model)
+    model = unwrap(module.model)
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:

@@ -38,7 +38,5 @@ class DDPStrategy(Strategy):
             return module.no_sync()
         return super().no_sync(module)
 
-    def gather_into(self, module: nn.Module, mllm) -> None:
-        """DDP keeps whole plain weights on every rank: `mllm.model` already is them."""
-        inner = self.unwrap(module)
-        mllm.model = inner.model
+    def unwrap(self, module: nn.Module) -> nn.Module:
+        return module.module if isinstance(module, DistributedDataParallel) else module

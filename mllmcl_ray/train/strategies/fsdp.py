@@ -175,6 +175,26 @@ class FSDPStrategy(Strategy):
         set_model_state_dict(module, {f"model.{k}": v for k, v in state.items()},
                              options=StateDictOptions(full_state_dict=True))
 
+    def local(self, param: torch.Tensor) -> torch.Tensor:
+        """A DTensor parameter's local shard (differentiable); a plain tensor as it is."""
+        from torch.distributed.tensor import DTensor
+
+        return param.to_local() if isinstance(param, DTensor) else param
+
+    def shard_like(self, full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+        """This rank's shard of `full`, split as DTensor `param` is (plain: moved only)."""
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        if isinstance(param, DTensor):
+            return distribute_tensor(full.to(param.device), param.device_mesh,
+                                     param.placements).to_local()
+        return full.to(param.device)
+
+    def full_model(self, module: nn.Module) -> nn.Module | None:
+        """Gather the full weights (a collective) into rank 0's skeleton copy."""
+        state = self.full_state_dict(module)
+        return self.plain_model(state) if self.rank == 0 else None
+
     def plain_model(self, state: dict) -> nn.Module:
         """Rank 0: an ordinary (unsharded) copy of the model holding `state`."""
         if self.skeleton is None:
@@ -187,9 +207,8 @@ class FSDPStrategy(Strategy):
         A collective (all ranks call it). The other ranks keep their sharded model; only
         rank 0 runs the end-of-task hooks and saves.
         """
-        state = self.full_state_dict(module)
-        if self.rank == 0:
-            plain = self.plain_model(state)
+        plain = self.full_model(module)
+        if plain is not None:
             plain.eval()
             mllm.model = plain
             unwrap(plain)  # fail early if the LLaVA model is not inside

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ...train.checkpoint import atomic_dir
+from ..io import atomic_dir
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def corpus_texts(path: Path):
 
 
 def train_tokenizer(corpus: Path, vl_jsons: list[Path], out_dir: Path, vocab_size: int = 1024):
-    from ...models.tokenizers import train_bpe_tokenizer
+    from ..models.tokenizers import train_bpe_tokenizer
 
     def texts():
         yield from corpus_texts(corpus)
@@ -215,8 +215,8 @@ def pretrain_clip(tok, caption_json: Path, image_root: Path, size: CLIPSize, out
     """Contrastive CLIP training on image-caption pairs (`CLIPModel(return_loss=True)`)."""
     from transformers import CLIPModel, get_cosine_schedule_with_warmup
 
-    from ...models.build import make_image_processor
-    from ..images import pixel_values
+    from ..models.build import make_image_processor
+    from ..data.images import pixel_values
 
     set_threads()
     torch.manual_seed(seed)
@@ -267,8 +267,8 @@ def clip_retrieval_accuracy(clip_dir: Path, caption_json: Path, image_root: Path
     text (several images can share a caption). Chance = mean share of the true caption."""
     from transformers import AutoTokenizer, CLIPModel
 
-    from ...models.build import make_image_processor
-    from ..images import pixel_values
+    from ..models.build import make_image_processor
+    from ..data.images import pixel_values
 
     model = CLIPModel.from_pretrained(str(clip_dir)).eval()
     tok = _right_padded(AutoTokenizer.from_pretrained(str(clip_dir)))
