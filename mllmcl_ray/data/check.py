@@ -104,7 +104,7 @@ def study_files(study: str) -> list[FileSpec]:
         raise ConfigError(f"unknown study {study!r}; choose among {', '.join(STUDY_LAYOUTS)}")
     align = FileSpec("continual/align.json", "continual", "align.json")
     if layout == "srivastava":
-        from ..presets import PAPER_NL, PAPER_TASKS
+        from ..presets.paper import PAPER_NL, PAPER_TASKS
 
         specs = [align]
         for task in PAPER_TASKS.values():
