@@ -198,7 +198,7 @@ def cmd_data_prepare(args) -> int:
 
 
 def cmd_data_check(args) -> int:
-    from .data.check import check_study_data
+    from .presets.data_check import check_study_data
 
     report = check_study_data(args.study, args.root, decode=not args.no_decode,
                               progress=not args.quiet)
@@ -207,7 +207,7 @@ def cmd_data_check(args) -> int:
 
 
 def _add_data_parser(sub) -> None:
-    from .data.check import STUDY_LAYOUTS
+    from .presets.data_check import STUDY_LAYOUTS
 
     p = sub.add_parser("data", help="prepare the paper presets' data from the public releases "
                        "and check a data root (docs/data.md)")

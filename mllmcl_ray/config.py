@@ -238,6 +238,22 @@ class EvalConfig:
     judge: str | None = None  # judge model dir/id (None: no LLM judge)
     zero_shot: bool = False  # also score every task's sets after alignment (task 1 rows, "zero_shot")
     seed: int = 0  # subset selection seed
+    nl_backend: str = "project"  # NL scorer: "project" (suites/nl.py) or "lm_eval" (lm-evaluation-harness)
+    # where evaluation runs (eval/service.py): "auto" = engine actors whenever the run uses Ray
+    # (trainer.num_workers >= 1, or inside a Tune trial), else this process; "actors"; "driver"
+    placement: str = "auto"
+    num_actors: int | None = None  # engine actors (None: one per GPU if actor_gpus, else cpu_budget // actor_cpus)
+    actor_gpus: int | None = None  # GPUs per engine actor (None: 1 where the cluster has GPUs, else 0)
+    actor_cpus: float = 1.0  # CPUs reserved per engine actor (CPU actors: also its torch threads)
+    cpu_budget: float = 1.0  # CPUs all CPU engine actors share (laptops, CI)
+    # CPU actors (engine, judge) reserve their CPUs in Ray's accounting; off (default) they
+    # reserve none and only limit their threads, so Tune trials holding every CPU cannot starve them
+    reserve_cpus: bool = False
+    judge_backend: str | None = None  # judge engine: "transformers" or "vllm" (None: eval.backend)
+    judge_gpus: int = 0  # GPUs of the judge actor (vLLM: tensor_parallel_size, one node)
+    judge_cpus: float = 1.0  # CPUs of the judge actor
+    max_job_retries: int = 2  # reruns of a job whose actor died, before the run fails
+    service_idle_s: float = 600.0  # the shared pool exits after this long with no client
 
     def __post_init__(self):
         _require(self, "nl_max_samples", self.nl_max_samples is None or self.nl_max_samples >= 1,

@@ -2,7 +2,9 @@
 
 - `run_and_evaluate`: train the run's task sequence (in-process or Ray Train), evaluating
   after every task into the Parquet result store; a rerun resumes and skips finished work.
-- `make_evaluate`: the evaluation callback `ContinualRun` calls after every task.
+- `make_evaluate`: the evaluation callback `ContinualRun` calls after every task: with Ray,
+  it queues (checkpoint, dataset) jobs on the study's engine-actor pool (eval/service.py)
+  and training goes on; `finish` waits for them at the end of the run.
 """
 from __future__ import annotations
 
@@ -44,50 +46,147 @@ def seen_vl_tasks(cfg: RunConfig, step) -> list[tuple[int, str, list[EvalSet]]]:
             if i + 2 <= step.task_index and t.eval]
 
 
-def make_evaluate(study: str = "run", progress: bool = True, log=print):
-    """The callback ContinualRun calls after every task (and for the base model)."""
-    from .eval.evaluator import Evaluator
-    from .methods.base import build_methods
-    from .models.build import build_mllm, llm_parameter_count
-    from .results import PredictionStore, ResultStore
-    from .train.task import load_step_model
+def llm_scale(spec) -> float:
+    """The LLM's parameter count (`models.build.llm_parameter_count` of the built MLLM),
+    from its config on the meta device: no weights are loaded or allocated."""
+    if spec.scale:
+        return float(spec.scale)
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    state: dict = {}
+    from .models.families import get_family
+    from .models.tokenizers import ensure_special_tokens, load_tokenizer
 
-    def evaluate(cfg: RunConfig, step, checkpoint: str, run_id: str) -> None:
+    if spec.llm:
+        config = AutoConfig.from_pretrained(spec.llm, trust_remote_code=spec.trust_remote_code)
+    else:
+        kw = dict(spec.llm_config or {})
+        config = AutoConfig.for_model(kw.pop("model_type", get_family(spec.family).model_type), **kw)
+    with torch.device("meta"):
+        llm = AutoModelForCausalLM.from_config(config)
+    tok = ensure_special_tokens(load_tokenizer(spec.tokenizer or spec.llm, spec.trust_remote_code))
+    emb, head = llm.get_input_embeddings().weight, llm.get_output_embeddings().weight
+    tied = head is emb
+    n = sum(p.numel() for p in llm.get_decoder().parameters()) + (0 if tied else head.numel())
+    extra = max(0, len(tok) - emb.shape[0]) * emb.shape[1]  # build_mllm resizes to the tokenizer
+    return float(n + extra * (1 if tied else 2))
+
+
+def eval_jobs(cfg: RunConfig, step, checkpoint: str, run_id: str, study: str, scale: float):
+    """The evaluation after `step` (None: the base model) as one EvalJob over a ModelRef."""
+    from .eval.evaluator import EvalJob
+    from .eval.service import ModelRef
+
+    meta = run_meta(cfg, run_id, study, scale)
+    if step is None:  # the base LLM (task 1): NL suite only
+        return EvalJob(ModelRef("base", cfg), meta, 1, "base", nl_sets=list(cfg.nl_sets),
+                       checkpoint_id=f"{cfg.model.name}:base")
+    vl = seen_vl_tasks(cfg, step)
+    emt = [(i, n, [e for e in sets if e.kind == "classification"]) for i, n, sets in vl]
+    vl = [(i, n, [e for e in sets if e.kind != "classification"]) for i, n, sets in vl]
+    # after alignment (eval.zero_shot): no VL task trained yet, so rows go to task 1
+    zero = step.stage == "align"
+    return EvalJob(ModelRef("step", cfg, checkpoint), meta, 1 if zero else step.task_index,
+                   "zero_shot" if zero else step.task_name,
+                   nl_sets=[] if zero else list(cfg.nl_sets),
+                   vl_tasks=[v for v in vl if v[2]], emt_tasks=[e for e in emt if e[2]],
+                   checkpoint_id=checkpoint)
+
+
+class RunEvaluation:
+    """The callback ContinualRun calls after every task (and for the base model), and
+    `finish`, the wait at the end of the run.
+
+    With engine actors (`eval.service.uses_actors`: whenever the run uses Ray) each call
+    splits the checkpoint's evaluation into (checkpoint, dataset) jobs not yet in the
+    result store and submits them to the study's pool; it returns at once, so training of
+    the next task overlaps them, and `finish` waits for all. Otherwise (placement
+    "driver", or a plain in-process run) it evaluates here, before returning."""
+
+    def __init__(self, study: str = "run", progress: bool = True, log=print):
+        self.study = study
+        self.progress = progress
+        self.log = log
+        self.scale: float | None = None
+        self.client = None
+        self.local = None
+        self.planner = None
+        self.run_id: str | None = None
+        self.cfg: RunConfig | None = None
+
+    def __call__(self, cfg: RunConfig, step, checkpoint: str, run_id: str) -> None:
+        from .eval.service import uses_actors
+
+        self.cfg, self.run_id = cfg, run_id
+        if self.scale is None:
+            self.scale = llm_scale(cfg.model)
+        job = eval_jobs(cfg, step, checkpoint, run_id, self.study, self.scale)
+        k = job.trained_task_index
+        if uses_actors(cfg):
+            from .eval.engine.actors import split_job
+            from .eval.service import EvalClient, EvalLog, job_key
+
+            if self.client is None:
+                self.client = EvalClient(cfg, log=self.log)
+                self.records = EvalLog(results_dir(cfg), "driver")
+                self.planner = self._planner(cfg)
+            todo = split_job(job, self.planner, "dataset")
+            self.client.submit(todo)
+            self.records.write("submit", jobs=[job_key(j) for j in todo], checkpoint=str(job.checkpoint))
+            if todo:
+                self.log(f"[{run_id}] eval after task {k}: {len(todo)} job(s) queued")
+            return
+        from .eval.service import EngineWorker
+
+        if self.local is None:
+            self.local = EngineWorker(cfg.eval, str(results_dir(cfg)), role="driver")
+        try:
+            rows, _ = self.local.evaluator.run_job(job, write=True)
+        finally:
+            self.local.close()  # the driver holds no model between tasks
+        self._log_rows(run_id, k, rows)
+
+    @staticmethod
+    def _planner(cfg: RunConfig):
+        from .eval.engine.base import engine_factory
+        from .eval.evaluator import Evaluator
+        from .results import PredictionStore, ResultStore
+
         rdir = results_dir(cfg)
-        if "evaluator" not in state:
-            state["evaluator"] = Evaluator.from_config(cfg.eval, ResultStore(rdir),
-                                                       PredictionStore(rdir))
-        ev = state["evaluator"]
-        if step is None:
-            mllm = build_mllm(cfg.model)  # the base LLM (task 1): NL suite only
-            scale = cfg.model.scale or float(llm_parameter_count(mllm.model))
-            state["scale"] = scale
-            rows = ev.evaluate(mllm, run_meta=run_meta(cfg, run_id, study, scale),
-                               trained_task_index=1, trained_task="base", nl_sets=cfg.nl_sets,
-                               checkpoint_id=f"{cfg.model.name}:base")
-        else:
-            scale = state.get("scale") or cfg.model.scale
-            mllm = load_step_model(cfg, checkpoint, build_methods(cfg.method))
-            vl = seen_vl_tasks(cfg, step)
-            emt = [(i, n, [e for e in sets if e.kind == "classification"]) for i, n, sets in vl]
-            vl = [(i, n, [e for e in sets if e.kind != "classification"]) for i, n, sets in vl]
-            # after alignment (eval.zero_shot): no VL task trained yet, so rows go to task 1
-            zero = step.stage == "align"
-            rows = ev.evaluate(mllm, run_meta=run_meta(cfg, run_id, study, scale),
-                               trained_task_index=1 if zero else step.task_index,
-                               trained_task="zero_shot" if zero else step.task_name,
-                               nl_sets=[] if zero else cfg.nl_sets,
-                               vl_tasks=[v for v in vl if v[2]],
-                               emt_tasks=[e for e in emt if e[2]], checkpoint_id=checkpoint)
-        if len(rows):
-            acc = rows[rows["metric"].isin(["accuracy", "emt_exact"])]
-            txt = ", ".join(f"{r.dataset}={r.value:.3f}" for r in acc.itertuples())
-            k = 1 if step is None or step.stage == "align" else step.task_index
-            log(f"[{run_id}] eval after task {k}: {txt}")
+        return Evaluator(engine_factory(cfg.eval.backend), ResultStore(rdir), PredictionStore(rdir),
+                         cfg.eval)
 
-    return evaluate
+    def _log_rows(self, run_id: str, k: int, rows) -> None:
+        acc = [r for r in rows if r["metric"] in ("accuracy", "emt_exact")]
+        if acc:
+            txt = ", ".join(f"{r['dataset']}={r['value']:.3f}" for r in acc)
+            self.log(f"[{run_id}] eval after task {k}: {txt}")
+
+    def finish(self) -> None:
+        """Wait until every submitted job is scored (no-op for in-process evaluation)."""
+        if self.client is None:
+            return
+        client, self.client = self.client, None
+        client.finish(progress=self.progress)
+        from .results import ResultStore
+
+        df = ResultStore(results_dir(self.cfg)).read()
+        if len(df):
+            df = df[(df["run_id"] == self.run_id) & df["metric"].isin(["accuracy", "emt_exact"])]
+            for k, part in df.groupby("trained_task_index"):
+                self._log_rows(self.run_id, int(k), part.to_dict("records"))
+
+    def close(self) -> None:
+        """Release the pool without waiting (a failed run: queued jobs still finish while
+        the pool lives; a rerun submits whatever is missing)."""
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+
+def make_evaluate(study: str = "run", progress: bool = True, log=print) -> RunEvaluation:
+    """The evaluation callback ContinualRun calls after every task (and for the base model)."""
+    return RunEvaluation(study, progress, log)
 
 
 def run_and_evaluate(cfg: RunConfig, progress: bool = True, study: str = "run", log=print,
@@ -108,6 +207,11 @@ def run_and_evaluate(cfg: RunConfig, progress: bool = True, study: str = "run", 
             backend = RayBackend()
         else:
             backend = LocalBackend(progress=progress)
-    run = ContinualRun(cfg, backend=backend, evaluate=make_evaluate(study, progress, log), log=log)
-    run.run()
+    evaluate = make_evaluate(study, progress, log)
+    run = ContinualRun(cfg, backend=backend, evaluate=evaluate, log=log)
+    try:
+        run.run()
+        evaluate.finish()  # the run is finished when training and evaluation both are
+    finally:
+        evaluate.close()
     return run.run_id

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mllmcl_ray.config import ConfigError
-from mllmcl_ray.data.check import check_study_data
+from mllmcl_ray.presets.data_check import check_study_data
 from mllmcl_ray.data.prepare import prepare_data
 from mllmcl_ray.data.prepare.base import (SourceError, slim_positions, slim_positions_grouped,
                                           vlm_eval_order)

@@ -222,3 +222,65 @@ def test_sampling_requests_reach_the_generation_config(tok):
     out = eng.generate([GenRequest(m.template.prompt([{"from": "human", "value": "hi"}]), None, 4,
                                    temperature=0.7, top_p=0.8, repetition_penalty=1.05)])
     assert len(out) == 1 and len(eng.last_token_ids[0]) <= 4
+
+
+def test_chat_prompt_is_the_engine_base_contract(tok):
+    from mllmcl_ray.eval.engine.base import Engine
+
+    m = tiny(tok, "gpt_neox")
+    assert HFEngine(m).chat_prompt("hi", system="sys") == m.template.text_prompt("hi")
+
+    class Bare(Engine):  # no template, no tokenizer chat template: system + message
+        def generate(self, requests):
+            return []
+
+        def loglikelihood(self, pairs):
+            return []
+
+    assert Bare().chat_prompt("hi", system="sys") == "sys\n\nhi"
+    assert Bare().chat_prompt("hi") == "hi"
+
+
+def test_vllm_serves_plain_checkpoints_and_falls_back_once(tmp_path, capsys):
+    """vLLM is chosen for plain LLaVA checkpoints; MoELoRA's (unmerged experts) and the
+    base model (built from its spec) go to transformers, said once per reason."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from spine_world import tiny_run_config
+
+    from mllmcl_ray.eval.service import EngineWorker, ModelRef
+
+    cfg = tiny_run_config(tmp_path)
+    assert ModelRef("step", cfg, "/c").vllm_servable() == (True, "")
+    assert not ModelRef("base", cfg).vllm_servable()[0]
+    cfg.method.name = "lora"
+    assert ModelRef("step", cfg, "/c").vllm_servable()[0]  # merged at every task end
+    cfg.method.name = "moelora"
+    ok, why = ModelRef("step", cfg, "/c").vllm_servable()
+    assert not ok and "moelora" in why
+    for k in ("a", "b"):  # MoELoRA checkpoints without experts yet: plain LLaVA weights
+        save_mllm(build_mllm(cfg.model), tmp_path / k / "model")
+    cfg.eval.backend = "vllm"
+    worker = EngineWorker(cfg.eval, str(tmp_path / "res"))
+    engines = [worker._engine(ModelRef("step", cfg, str(tmp_path / k))) for k in ("a", "b")]
+    assert all(isinstance(e, HFEngine) for e in engines)
+    assert capsys.readouterr().out.count("vLLM cannot serve it") == 1
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "phi", "llama"])
+def test_vllm_llava_equals_transformers(tok, images, tmp_path, family):
+    """The project's LLaVA checkpoints served by vLLM: greedy answers equal the
+    transformers engine's, with and without images (GPU machines with the vllm extra)."""
+    pytest.importorskip("vllm", reason="vLLM is the GPU-cluster extra (it pins a CUDA torch); "
+                                       "not installed beside the CPU torch")
+    if not torch.cuda.is_available():
+        pytest.skip("vLLM's LLaVA needs a CUDA GPU here")
+    m = tiny(tok, family)
+    save_mllm(m, tmp_path / "ckpt")
+    reqs = requests(m, images)
+    want = HFEngine(m, batch_size=8).generate(reqs)
+    got = make_engine("vllm", str(tmp_path / "ckpt"), gpu_memory_utilization=0.3,
+                      enforce_eager=True).generate(reqs)
+    assert got == want

@@ -146,8 +146,9 @@ def test_wsc273_form():
     doc = {"text": text, "pronoun": "she", "pronoun_loc": text.index("she"),
            "options": ["Anna", "Mia"], "answer": 1, "label": 1}
     pairs, gold = nl.wsc_requests(doc)
-    assert pairs == [("Anna thanked Mia because Anna", " had helped a lot."),
-                     ("Anna thanked Mia because Mia", " had helped a lot.")]
+    # lm-eval's wsc273 request: target delimiter " " + the text after the pronoun as is
+    assert pairs == [("Anna thanked Mia because Anna", "  had helped a lot."),
+                     ("Anna thanked Mia because Mia", "  had helped a lot.")]
     assert gold == 1
     text = "The ball fell off the table because it was round."
     pairs, _ = nl.wsc_requests({"text": text, "pronoun": "it", "pronoun_loc": text.index("it "),

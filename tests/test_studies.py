@@ -511,11 +511,14 @@ def test_paper_without_data_is_one_clear_line(name, tmp_path, capsys):
     rc = mod.SPEC.main(["--preset", "paper", "--dry-run", "--debug", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" in err and "--data-root" in err
-    # no data root at all: each run names its missing file, exit 2
+    # no data root at all: each run names its missing file, then the data check (the
+    # preflight) stops with one line saying how to make the root, exit 2
     rc = mod.SPEC.main(["--preset", "paper", "--dry-run", "--data-root", str(tmp_path / "none"),
                         "--out", str(tmp_path)])
-    out = capsys.readouterr().out
-    assert rc == 2 and "ERROR" in out and str(tmp_path / "none") in out
+    cap = capsys.readouterr()
+    assert rc == 2 and "ERROR" in cap.out and str(tmp_path / "none") in cap.out
+    assert cap.err == (f"{name}: error: data root {tmp_path / 'none'} is not a directory; run "
+                       f"`mllmcl data prepare all --root {tmp_path / 'none'}` first\n")
 
 
 BAD_ARGS = [
@@ -621,9 +624,10 @@ def test_paper_preset_evaluation_as_the_papers():
     p = PaperPreset("/d")
     cfg = p.run_config("pythia-160m")
     assert cfg.eval.nl_max_samples is None and all(s.max_samples is None for s in cfg.nl_sets)
+    # RefCOCO: vlm-evaluation's slim file holds 1024 each of RefCOCO, RefCOCO+ and RefCOCOg
     kinds = {e.name: (e.kind, e.max_samples) for t in cfg.tasks for e in t.eval}
     assert kinds == {"vqav2": ("vqa", 1024), "gqa": ("gqa", 1024), "textvqa_ocr": ("textvqa", 1024),
-                     "textvqa_pure": ("textvqa", 1024), "refcoco": ("grounding", 1024)}
+                     "textvqa_pure": ("textvqa", 1024), "refcoco": ("grounding", 3 * 1024)}
     default_budget = EvalSet().max_new_tokens
     assert all(e.max_new_tokens == default_budget for t in cfg.tasks for e in t.eval)
     coin = {n: p.coin_task(n).eval[0] for n in p.coin_tasks()}

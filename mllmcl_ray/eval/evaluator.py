@@ -301,7 +301,17 @@ class Evaluator:
 
     def _run_set(self, engine: Engine, p: PlannedSet) -> list[SuiteResult]:
         seed = self.cfg.seed
+        if p.suite == "nl" and self.cfg.nl_backend == "lm_eval":
+            from .suites.nl_lmeval import run_lm_eval_set
+
+            return [run_lm_eval_set(engine, p.eval_set, max_samples=self.cfg.nl_max_samples,
+                                    seed=seed, batch_size=self.cfg.batch_size)]
         if p.suite == "nl":
+            if self.cfg.nl_backend != "project":
+                from ..config import ConfigError
+
+                raise ConfigError(f"eval.nl_backend {self.cfg.nl_backend!r} must be 'project' "
+                                  "or 'lm_eval'")
             from .suites.nl import run_nl_set
 
             return [run_nl_set(engine, p.eval_set, max_samples=self.cfg.nl_max_samples,

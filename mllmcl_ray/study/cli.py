@@ -139,11 +139,11 @@ def preflight(ctx: StudyContext, plans: list[Plan]) -> int:
     (tokens / FLOPs / GPU memory / GPU-hours per run and in total)."""
     status = 0
     if not ctx.micro:  # the paper preset reads a prepared data root: is it complete?
-        from ..data.check import STUDY_LAYOUTS, check_study_data
+        from ..presets.data_check import STUDY_LAYOUTS, check_study_data
 
         if ctx.spec.name not in STUDY_LAYOUTS:
             ctx.log(f"[{ctx.spec.name}] no data layout is registered for this study in "
-                    "data/check.py: its data root was not checked")
+                    "presets/data_check.py: its data root was not checked")
             return status
         report = check_study_data(ctx.spec.name, ctx.args.data_root, decode=False,
                                   progress=not ctx.args.quiet)

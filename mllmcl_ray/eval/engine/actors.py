@@ -1,4 +1,7 @@
-"""Ray actors around the engines, and `evaluate_many` over an actor pool.
+"""Ray actors around the engines, and `evaluate_many` over an actor pool: batch
+(re-)evaluation of stored checkpoints. Runs and studies evaluate through the study's
+shared pool in `eval/service.py` instead (queued while training goes on); `split_job`
+here is what both use to cut a checkpoint's evaluation into pending per-dataset jobs.
 
 One `EvalActor` per GPU (``use_gpu=True``: ``num_gpus=1`` each) or per CPU slot
 (``cpus_per_actor`` CPUs each, torch threads set to match). Each holds an `Evaluator`
@@ -137,9 +140,9 @@ def evaluate_many(jobs: Sequence[EvalJob], *, store, predictions=None,
             pool.submit(lambda a, j: a.run.remote(j), job)
         while pool.has_next():
             job, rows, preds = pool.get_next_unordered()
-            store.append(rows)
-            if predictions is not None and preds:
-                predictions.append(preds)
+            from ...results import commit_rows
+
+            commit_rows(store, predictions, rows, preds)  # predictions first, rows last
             written.extend(rows)
             if on_result is not None:
                 on_result(job, rows)

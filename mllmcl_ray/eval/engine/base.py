@@ -60,8 +60,20 @@ class Engine(ABC):
         """(sum of log p(continuation tokens | context), is_greedy) per pair, in order."""
 
     # -- optional capabilities ----------------------------------------------------------
+    tokenizer = None  # the model's tokenizer, where the engine has one
+
     def chat_prompt(self, message: str, system: str | None = None) -> str:
-        """A single-turn prompt for `message` in the model's own chat format (the judge)."""
+        """A single-turn prompt for `message` in the model's own chat format (the judge).
+
+        MLLMs: their conversation template (its own system prompt); plain LMs: the
+        tokenizer's chat template when it has one, else system + message as text."""
+        if self.template is not None:
+            return self.template.text_prompt(message)
+        if getattr(self.tokenizer, "chat_template", None):
+            msgs = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": message}]
+            return self.tokenizer.apply_chat_template(msgs, tokenize=False,
+                                                      add_generation_prompt=True)
         return f"{system}\n\n{message}" if system else message
 
     def embed(self, texts: Sequence[str]):

@@ -177,18 +177,6 @@ class HFEngine(Engine):
         return super().decoding(batch_size=self.batch_size, stop_token_ids=self.stop_ids,
                                 **extra)
 
-    def chat_prompt(self, message: str, system: str | None = None) -> str:
-        """MLLMs: their conversation template (its own system prompt); plain LMs: the
-        tokenizer's chat template when it has one, else system + message as text."""
-        if self.template is not None:
-            return self.template.text_prompt(message)
-        if getattr(self.tokenizer, "chat_template", None):
-            msgs = ([{"role": "system", "content": system}] if system else []) + [
-                {"role": "user", "content": message}]
-            return self.tokenizer.apply_chat_template(msgs, tokenize=False,
-                                                      add_generation_prompt=True)
-        return super().chat_prompt(message, system)
-
     # ----------------------------------------------------------------------------------
     # generation
     # ----------------------------------------------------------------------------------

@@ -109,16 +109,6 @@ class VLLMEngine(Engine):
     def prompt_version(self) -> str:
         return self.template.version if self.template is not None else ""
 
-    def chat_prompt(self, message: str, system: str | None = None) -> str:
-        if self.template is not None:
-            return self.template.text_prompt(message)
-        if getattr(self.tokenizer, "chat_template", None):
-            msgs = ([{"role": "system", "content": system}] if system else []) + [
-                {"role": "user", "content": message}]
-            return self.tokenizer.apply_chat_template(msgs, tokenize=False,
-                                                      add_generation_prompt=True)
-        return super().chat_prompt(message, system)
-
     def _sampling(self, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                   **kw: Any):
         return self._vllm.SamplingParams(temperature=temperature, top_p=top_p,

@@ -21,9 +21,9 @@ Everything is text-only (no image tokens) and goes through `Engine.loglikelihood
   continuation likelier wins.
 - **WSC** (lm-eval ``wsc273``, also partial evaluation): context = text up to the pronoun
   with an option put in (options normalised as lm-eval does: possessives get ``'s``,
-  a capitalised determiner is lower-cased mid-sentence), continuation = the text after
-  the pronoun. Deviation: lm-eval's template keeps the text's own leading space and adds
-  its target delimiter, scoring a double space; we score one space.
+  a capitalised determiner is lower-cased mid-sentence), continuation = lm-eval's target
+  delimiter ``" "`` + the text after the pronoun as it stands (its own leading space
+  kept, so the continuation usually starts with two spaces: lm-eval's exact request).
 
 Data: JSON Lines. Lambada ``{"context", "target"}`` (or ``{"text"}``, split at the last
 space); ARC ``{"question", "choices": [..] , "label": int}`` (or HF's
@@ -43,7 +43,7 @@ from ...config import EvalSet
 from ...errors import DataError
 from .common import SuiteResult, content_hash, select_subset
 
-NL_PROMPT_VERSION = "nl-lmeval-v1"
+NL_PROMPT_VERSION = "nl-lmeval-v2"  # v2: WSC scored with lm-eval's exact continuation
 NL_KINDS = ("lambada", "arc", "winogrande", "wsc")
 
 
@@ -144,14 +144,13 @@ _UPPER_PRONOUNS = ("A", "An", "The", "She", "He", "It", "They", "My", "His", "He
 
 
 def _wsc_option(doc: dict, option: str) -> str:
-    """lm-eval wsc273 `__normalize_option`."""
+    """lm-eval wsc273 `__normalize_option` (its indexing and its replace-all included)."""
     if str(doc["pronoun"]).lower() in ("my", "his", "her", "our", "their"):
         option += "'s"
     first = option.split()[0]
-    loc = int(doc["pronoun_loc"])
-    start_of_sentence = loc >= 2 and doc["text"][loc - 2] == "."
+    start_of_sentence = doc["text"][int(doc["pronoun_loc"]) - 2] == "."
     if not start_of_sentence and first in _UPPER_PRONOUNS:
-        return option.replace(first, first.lower(), 1)
+        return option.replace(first, first.lower())
     return option
 
 
@@ -160,7 +159,7 @@ def wsc_requests(doc: dict) -> tuple[list[tuple[str, str]], int]:
     doc = dict(doc, text=text)
     loc = int(doc["pronoun_loc"])
     head = text[:loc]
-    cont = " " + text[loc + len(str(doc["pronoun"])):].strip()
+    cont = " " + text[loc + len(str(doc["pronoun"])):]  # lm-eval: delimiter + target as is
     options = [_wsc_option(doc, str(o)) for o in doc["options"]]
     gold = int(doc["answer"] if "answer" in doc else doc["label"])
     return [(head + o, cont) for o in options], gold

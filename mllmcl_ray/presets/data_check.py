@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ConfigError
-from .instruct import DataError, iter_raw, validate_record
+from ..data.instruct import DataError, iter_raw, validate_record
 
 IMAGE_TREES = {  # first path component -> source dataset
     "coco": "COCO (LLaVA-Instruct / VQAv2 / OKVQA / A-OKVQA / RefCOCO)", "gqa": "GQA",
@@ -104,7 +104,7 @@ def study_files(study: str) -> list[FileSpec]:
         raise ConfigError(f"unknown study {study!r}; choose among {', '.join(STUDY_LAYOUTS)}")
     align = FileSpec("continual/align.json", "continual", "align.json")
     if layout == "srivastava":
-        from ..presets.paper import PAPER_NL, PAPER_TASKS
+        from .paper import PAPER_NL, PAPER_TASKS
 
         specs = [align]
         for task in PAPER_TASKS.values():
@@ -116,7 +116,7 @@ def study_files(study: str) -> list[FileSpec]:
                   for n in PAPER_NL]
         return specs
     if layout == "coin":
-        from .prepare.coin import COIN_TASKS
+        from ..data.prepare.coin import COIN_TASKS
 
         specs = [align]
         for t in COIN_TASKS:
@@ -125,7 +125,7 @@ def study_files(study: str) -> list[FileSpec]:
                                   {"Grounding": ("answer", "bbox"), "TextVQA": ("answer", "answers")
                                    }.get(t, ("answer",))))
         return specs
-    from .prepare.emt import EMT_SETS
+    from ..data.prepare.emt import EMT_SETS
 
     return [align] + [FileSpec(f"emt/{s}/{sp}.json", "emt", f"{s}/{sp}.json", ("label", "labels"))
                       for s in EMT_SETS for sp in ("train", "test")]
