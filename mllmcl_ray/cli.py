@@ -22,8 +22,30 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def check_micro_args(method: str, size: str, tasks: str, workers: int) -> None:
+    """`mllmcl micro`'s choices, checked before the world is written or a model trained."""
+    from .config import ConfigError, MethodConfig
+    from .presets.micro_pretrain import LLM_SIZES
+    from .data.micro.world import VL_TASKS
+    from .methods.base import build_methods
+
+    build_methods(MethodConfig(name=method))
+    if size not in LLM_SIZES:
+        raise ConfigError(f"--size {size!r} is not a micro LLM size; choose one of "
+                          f"{', '.join(LLM_SIZES)}")
+    names = [t for t in tasks.split(",") if t]
+    bad = [t for t in names if t not in VL_TASKS or t == "caption"]
+    if not names or bad:
+        raise ConfigError(f"--tasks {tasks!r}: {bad or 'no tasks'} not micro VL tasks; choose "
+                          f"among {', '.join(t for t in VL_TASKS if t != 'caption')}")
+    if workers < 0:
+        raise ConfigError(f"--workers {workers} must be ≥ 0 (0: in-process loop)")
+
+
 def cmd_micro(args) -> int:
     from .study.quickstart import micro_quickstart
+
+    check_micro_args(args.method, args.size, args.tasks, args.workers)
 
     report = micro_quickstart(out=Path(args.out), method=args.method, seed=args.seed,
                               size=args.size, tasks=args.tasks, workers=args.workers,
@@ -37,7 +59,7 @@ def cmd_run(args) -> int:
     from .sweep import load_run_config
 
     cfg = load_run_config(args.config, args.set)
-    run_and_evaluate(cfg, progress=not args.quiet)
+    run_and_evaluate(cfg, progress=not args.quiet)  # validates the whole run first
     return 0
 
 
@@ -53,7 +75,12 @@ def cmd_validate(args) -> int:
 
 
 def cmd_world(args) -> int:
-    from .data.micro.world import generate_world
+    from .config import ConfigError
+    from .data.micro.world import WORLD_SIZES, generate_world
+
+    if args.size not in WORLD_SIZES:
+        raise ConfigError(f"--size {args.size!r} is not a world size; choose one of "
+                          f"{', '.join(WORLD_SIZES)}")
 
     m = generate_world(args.dir, seed=args.seed, size=args.size)
     print(f"micro world ({args.size}, seed {args.seed}) at {args.dir}")
@@ -62,7 +89,13 @@ def cmd_world(args) -> int:
 
 
 def cmd_bases(args) -> int:
+    from .config import ConfigError
+    from .presets.micro_pretrain import LLM_SIZES
     from .presets.micro import prepare_micro
+
+    bad = [z for z in args.sizes.split(",") if z not in LLM_SIZES]
+    if bad:
+        raise ConfigError(f"--sizes: {bad} not micro LLM sizes; choose among {', '.join(LLM_SIZES)}")
 
     prep = prepare_micro(Path(args.out), sizes=args.sizes.split(","), progress=not args.quiet)
     for name, spec in prep.specs.items():
@@ -79,9 +112,18 @@ def cmd_methods(args) -> int:
 
 
 def cmd_results(args) -> int:
-    from .results import ResultStore, summary_table
+    from .errors import ResultsError
+    from .results import PredictionStore, ResultStore, summary_table
 
+    if not Path(args.dir).is_dir():
+        raise ResultsError(f"results directory {args.dir} does not exist")
     store = ResultStore(args.dir)
+    if args.repair:
+        moved = store.repair() + PredictionStore(args.dir).repair()
+        for src, dst, why in moved:
+            print(f"moved unreadable part {src} → {dst} ({why})", file=sys.stderr)
+        print(f"repair: {len(moved)} unreadable part(s) moved aside; a rerun recomputes "
+              "their keys", file=sys.stderr)
     df = store.read()
     if df.empty:
         print(f"no results in {args.dir}", file=sys.stderr)
@@ -102,9 +144,42 @@ def cmd_results(args) -> int:
 def cmd_report(args) -> int:
     from .report import build_report
 
-    out = build_report(args.dir, args.output, title=args.title)
+    from .errors import ResultsError
+
+    if not Path(args.dir).is_dir():
+        raise ResultsError(f"results directory {args.dir} does not exist")
+    check_output_file(args.output, "-o/--output")
+    from .report.html import NoResultsError
+
+    try:
+        out = build_report(args.dir, args.output, title=args.title)
+    except NoResultsError as e:
+        raise ResultsError(str(e)) from e
     print(out)
     return 0
+
+
+def check_output_file(path: str | Path, what: str) -> None:
+    """An output file path: not a directory, its directory exists and is writable."""
+    import os
+
+    from .errors import ResultsError
+
+    p = Path(path)
+    if p.is_dir():
+        raise ResultsError(f"{what} {p} is a directory; give a file name such as {p / 'report.html'}")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise ResultsError(f"{what} {p}: directory {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ResultsError(f"{what} {p} is not writable; choose another path")
+    import tempfile
+
+    try:  # the report is written as a temp file in that directory, then renamed
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".mllmcl-probe-"):
+            pass
+    except OSError as e:
+        raise ResultsError(f"{what} {p} is not writable ({e.strerror}); choose another path") from None
 
 
 def cmd_data_prepare(args) -> int:
@@ -168,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="mllmcl", description="Scaling studies of continual learning in multimodal LLMs "
         "(Ray Train / Tune, vLLM or transformers evaluation, plotly reports).")
+    ap.add_argument("--debug", action="store_true",
+                    help="show the traceback of a user error (otherwise one line, exit code 2)")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("micro", help="run the micro continual study here (CPU, minutes)")
@@ -210,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("results", help="print a summary table of a results directory")
     p.add_argument("dir")
+    p.add_argument("--repair", action="store_true",
+                   help="move unreadable (corrupt or empty) Parquet parts aside into "
+                        "<dir>/quarantine/; a rerun of the run recomputes their keys")
     p.add_argument("--claims", action="store_true",
                    help="print the paper-claims table instead (claim, paper's numbers, this "
                         "run's with seed spread, holds / does not hold / not enough seeds)")
@@ -222,19 +302,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     _add_data_parser(sub)
+    for sp in sub.choices.values():  # `mllmcl run cfg.yaml --debug` works too
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of a user error")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import ConfigError
-    from .data.instruct import DataError
+    """Every user error (`errors.ConfigError` family) ends in one line and exit code 2
+    (`--debug`: with its traceback); see `errors.main_guard`."""
+    import warnings
+
+    from .errors import main_guard
+    from .results import UnreadablePartWarning
 
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ConfigError, DataError, FileNotFoundError) as e:
-        print(f"mllmcl {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    prog = f"mllmcl {args.command}"
+    with warnings.catch_warnings():
+        if not args.debug:  # skipped result parts: one line each, naming the file
+            show = warnings.showwarning
+
+            def one_line_warning(message, category, filename, lineno, file=None, line=None):
+                if issubclass(category, UnreadablePartWarning):
+                    print(f"{prog}: warning: {message}", file=sys.stderr)
+                else:
+                    show(message, category, filename, lineno, file, line)
+
+            warnings.showwarning = one_line_warning
+        return main_guard(lambda: args.func(args), prog=prog, debug=args.debug)
 
 
 if __name__ == "__main__":

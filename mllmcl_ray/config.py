@@ -24,6 +24,27 @@ class ConfigError(ValueError):
     """A configuration value or key is wrong; the message names it and what to do."""
 
 
+class _FieldError(ConfigError):
+    """A field's value is out of range (raised by `__post_init__`; `from_dict` prefixes the
+    dotted path of the config it builds, e.g. ``stages.finetune.lr``)."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(f"{field_name}: {message}")
+        self.field_name = field_name
+        self.detail = message
+
+
+def _require(obj: Any, name: str, ok: bool, what: str) -> None:
+    """Range check for `__post_init__`: raise naming the field, its value and the rule."""
+    if not ok:
+        raise _FieldError(name, f"{what}, got {getattr(obj, name)!r}")
+
+
+def _one_of(obj: Any, name: str, choices: tuple) -> None:
+    _require(obj, name, getattr(obj, name) in choices,
+             "must be one of " + ", ".join(map(repr, choices)))
+
+
 # ---------------------------------------------------------------------------------------
 # models
 # ---------------------------------------------------------------------------------------
@@ -45,6 +66,11 @@ class ModelSpec:
     max_seq_len: int = 2048  # longest tokenised sample; longer ones are truncated
     scale: float | None = None  # LLM parameter count for scale rules/reports; None: counted
 
+    def __post_init__(self):
+        _one_of(self, "dtype", ("float32", "bfloat16", "float16"))
+        _require(self, "max_seq_len", self.max_seq_len >= 1, "must be ≥ 1")
+        _require(self, "scale", self.scale is None or self.scale > 0, "must be > 0 (or null)")
+
 
 # ---------------------------------------------------------------------------------------
 # training stages
@@ -65,6 +91,26 @@ class StageConfig:
     max_grad_norm: float = 1.0  # gradient clipping (0 disables)
     train: str = "projector+llm"  # what trains: "projector" or "projector+llm" (methods may narrow it)
     parallel: str = "full_shard"  # distributed strategy: full_shard, shard_grad_op, ddp, none
+
+    # fields a rule can derive: {field: (rule field, the rule value that uses the field)}
+    derived: typing.ClassVar[dict[str, tuple[str, str]]] = {"lr": ("lr_rule", "fixed")}
+
+    def __post_init__(self):
+        _require(self, "lr", self.lr > 0, "must be > 0 (the peak learning rate)")
+        _one_of(self, "lr_rule", LR_RULES)
+        _require(self, "warmup_ratio", 0 <= self.warmup_ratio < 1, "must be in [0, 1)")
+        _one_of(self, "schedule", ("cosine", "constant"))
+        _require(self, "epochs", self.epochs > 0, "must be > 0")
+        _require(self, "max_steps", self.max_steps is None or self.max_steps >= 1,
+                 "must be ≥ 1 (or null: no cap)")
+        _require(self, "global_batch_size", self.global_batch_size >= 1, "must be ≥ 1")
+        _require(self, "per_device_batch_size", self.per_device_batch_size >= 1, "must be ≥ 1")
+        _require(self, "weight_decay", self.weight_decay >= 0, "must be ≥ 0")
+        _require(self, "max_grad_norm", self.max_grad_norm >= 0, "must be ≥ 0 (0 disables)")
+        _one_of(self, "train", ("projector", "projector+llm"))
+
+
+LR_RULES = ("fixed", "scaled")  # StageConfig.lr_rule: "fixed" uses lr; the others derive it
 
 
 def _align_default() -> StageConfig:
@@ -92,6 +138,10 @@ class DataSource:
     fraction: float = 1.0  # seeded sub-sample of the file (CoIN's data-volume study)
     missing_image: str = "error"  # "error" or "skip" (skip counts and reports)
 
+    def __post_init__(self):
+        _require(self, "fraction", 0 < self.fraction <= 1, "must be in (0, 1]")
+        _one_of(self, "missing_image", ("error", "skip"))
+
 
 @dataclass
 class EvalSet:
@@ -107,6 +157,10 @@ class EvalSet:
     # "Pure"); None: on for sets whose name ends in "_ocr"
 
     def __post_init__(self):
+        _require(self, "max_samples", self.max_samples is None or self.max_samples >= 1,
+                 "must be ≥ 1 (or null: the whole set)")
+        _require(self, "max_new_tokens", self.max_new_tokens is None or self.max_new_tokens >= 1,
+                 "must be ≥ 1 (or null: the kind's default)")
         from .eval.kinds import UnknownKindError, check_kind
 
         try:
@@ -158,6 +212,19 @@ class TrainerConfig:
     max_failures: int = 1  # Ray Train worker failures tolerated per task
     threads_per_worker: int | None = None  # torch threads per worker (None: cores / workers)
 
+    def __post_init__(self):
+        _require(self, "num_workers", self.num_workers >= 0, "must be ≥ 0 (0: in-process loop)")
+        _require(self, "cpus_per_worker", self.cpus_per_worker > 0, "must be > 0")
+        _one_of(self, "mixed_precision", ("auto", "bf16", "fp32"))
+        _one_of(self, "activation_checkpointing", ("auto", "on", "off"))
+        _require(self, "log_every", self.log_every >= 1, "must be ≥ 1")
+        _require(self, "checkpoint_every", self.checkpoint_every >= 0, "must be ≥ 0 (0: task ends only)")
+        _require(self, "keep_last", self.keep_last >= 1, "must be ≥ 1")
+        _require(self, "max_failures", self.max_failures >= -1, "must be ≥ 0 (or -1: unlimited)")
+        _require(self, "threads_per_worker",
+                 self.threads_per_worker is None or self.threads_per_worker >= 1,
+                 "must be ≥ 1 (or null: cores / workers)")
+
 
 @dataclass
 class EvalConfig:
@@ -188,6 +255,11 @@ class EvalConfig:
     max_job_retries: int = 2  # reruns of a job whose actor died, before the run fails
     service_idle_s: float = 600.0  # the shared pool exits after this long with no client
 
+    def __post_init__(self):
+        _require(self, "nl_max_samples", self.nl_max_samples is None or self.nl_max_samples >= 1,
+                 "must be ≥ 1 (or null: whole sets)")
+        _require(self, "batch_size", self.batch_size >= 1, "must be ≥ 1")
+
 
 @dataclass
 class RunConfig:
@@ -205,6 +277,12 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)  # evaluation after each task
     output_dir: str = "runs"  # where checkpoints and results go
     nl_sets: list[EvalSet] = field(default_factory=list)  # language suite datasets (task 1)
+
+    def __post_init__(self):
+        _one_of(self, "recipe", RECIPES)
+
+
+RECIPES = ("continual", "llava")  # RunConfig.recipe (train/task.py plan_steps)
 
 
 # ---------------------------------------------------------------------------------------
@@ -242,8 +320,12 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
         return dict(value)
     if tp is float:
+        if isinstance(value, str):  # PyYAML reads `1e-4` (no dot) as a string
+            value = _parse_float(value, path)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if value != value:  # NaN
+            raise ConfigError(f"{path}: expected a number, got NaN")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -258,6 +340,16 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected a string, got {value!r}")
         return value
     return value
+
+
+def _parse_float(text: str, path: str) -> Any:
+    """The ordinary float spellings (``1e-4``, ``2E-5``, `` 0.5 ``) of a float field."""
+    import re
+
+    t = text.strip()
+    if re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", t):
+        return float(t)
+    raise ConfigError(f"{path}: expected a number, got {text!r}")
 
 
 def from_dict(cls: type, data: Any, path: str = "") -> Any:
@@ -275,7 +367,12 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
             f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
             f"valid keys are: {', '.join(sorted(names))}")
     kwargs = {k: _coerce(hints[k], v, f"{path}.{k}" if path else k) for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except _FieldError as e:
+        if not path:
+            raise
+        raise _FieldError(f"{path}.{e.field_name}", e.detail) from None
 
 
 def to_dict(obj: Any) -> Any:
@@ -307,6 +404,67 @@ def set_dotted(data: dict, dotted: str, value: Any) -> None:
         if not isinstance(cur, dict):
             raise ConfigError(f"{dotted}: {k} is not a mapping")
     cur[keys[-1]] = value
+
+
+def _config_type_at(root: type, parts: list[str]) -> Any:
+    """The dataclass type at a dotted path below `root` (None if it is not a dataclass)."""
+    tp: Any = root
+    for part in parts:
+        if not _is_dataclass_type(tp):
+            return None
+        hints = typing.get_type_hints(tp)
+        if part not in hints:
+            return None
+        tp, _ = _strip_optional(hints[part])
+    return tp if _is_dataclass_type(tp) else None
+
+
+def resolve_explicit(data: dict, overridden: typing.Iterable[str], root: type | None = None,
+                     log=None) -> list[str]:
+    """Explicit values win over derived rules: for every overridden key that a rule can
+    derive (a config class's `derived`, e.g. `stages.finetune.lr` under `lr_rule`), switch
+    the rule to the value that uses the field, and say so; overriding both the field and
+    its rule to a deriving value is a ConfigError naming both. Edits `data`; returns notes."""
+    root = root or RunConfig
+    keys = set(overridden)
+    notes = []
+    for key in sorted(keys):
+        parts = key.split(".")
+        cls = _config_type_at(root, parts[:-1])
+        rule = getattr(cls, "derived", {}).get(parts[-1]) if cls is not None else None
+        if rule is None:
+            continue
+        rule_field, uses_field = rule
+        parent = ".".join(parts[:-1])
+        rule_key = f"{parent}.{rule_field}" if parent else rule_field
+        cur = data
+        for p in parts[:-1]:
+            cur = cur.get(p, {}) if isinstance(cur, dict) else {}
+        current = cur.get(rule_field, getattr(cls(), rule_field)) if isinstance(cur, dict) \
+            else uses_field
+        if current == uses_field:
+            continue
+        if rule_key in keys:
+            raise ConfigError(f"{key} is set explicitly but {rule_key} is {current!r}, which "
+                              f"derives it; drop one of the two (or set {rule_key}={uses_field})")
+        cur[rule_field] = uses_field
+        note = (f"{key} set explicitly: {rule_key} {current!r} → {uses_field!r} (explicit "
+                "values win over derived rules)")
+        notes.append(note)
+        if log is not None:
+            log(note)
+    return notes
+
+
+def apply_sets(data: dict, sets: typing.Iterable[str], log=None) -> list[str]:
+    """Apply `key.path=value` overrides (`--set`) to a RunConfig mapping, explicit values
+    winning over derived rules (`resolve_explicit`); returns the notes."""
+    keys = []
+    for text in sets:
+        k, v = parse_override(text)
+        set_dotted(data, k, v)
+        keys.append(k)
+    return resolve_explicit(data, keys, log=log)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

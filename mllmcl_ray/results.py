@@ -20,6 +20,17 @@ Rows are keyed; re-appending a key is skipped (reruns skip what is there):
   ``(run_id, trained_task_index, eval_task, dataset, sample_id)``.
 
 ``ResultStore.read`` lists only the parts directly in ``root`` (not ``predictions/``).
+
+Results and predictions commit together (`commit_rows`): a dataset's prediction rows are
+written first and its result rows last, so a stored result row marks the dataset done
+with its predictions; a writer killed in between leaves predictions without results, and
+the rerun recomputes the dataset (its result keys are missing) and replaces them. A
+dataset recomputed because what it was scored on changed (`Evaluator.pending`) has its
+old rows removed first (`delete_groups`: the parts holding them are rewritten atomically).
+
+Corrupt or empty parts: readers skip them with a warning naming the file
+(`UnreadablePartWarning`), so their keys count as missing and a rerun recomputes them;
+``mllmcl results --repair`` (`repair`) moves them aside into ``quarantine/``.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ import json
 import os
 import time
 import uuid
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,7 +60,13 @@ __all__ = [
     "ResultStore",
     "PredictionStore",
     "summary_table",
+    "commit_rows",
+    "UnreadablePartWarning",
 ]
+
+
+class UnreadablePartWarning(UserWarning):
+    """A Parquet part could not be read and was skipped (`mllmcl results --repair`)."""
 
 RESULT_SCHEMA = pa.schema(
     [
@@ -242,7 +260,7 @@ class _PartStore:
                 self._key_cache[part.name] = {tuple(r[c] for c in self.key) for r in new}
             return len(new)
 
-    def _read_part(self, path: Path, columns: Sequence[str] | None = None) -> pa.Table:
+    def _read_part_raw(self, path: Path, columns: Sequence[str] | None = None) -> pa.Table:
         """One part, with a column it predates filled with its default (``defaults``)."""
         have = set(pq.read_schema(path).names)
         want = list(columns) if columns else list(self.schema.names)
@@ -256,13 +274,91 @@ class _PartStore:
                                              type=self.schema.field(c).type))
         return t.select(want)
 
+    def _read_part(self, p: Path, columns: Sequence[str] | None = None) -> pa.Table | None:
+        """One part's table, or None (with a warning naming the file) if it is unreadable."""
+        try:
+            return self._read_part_raw(p, columns).cast(
+                self.schema if columns is None else
+                pa.schema([self.schema.field(c) for c in columns]))
+        except (pa.ArrowException, OSError, KeyError, ValueError) as e:
+            warnings.warn(f"skipping unreadable {self.kind} part {p} ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}); its keys count as "
+                          "missing (a rerun recomputes them); `mllmcl results --repair` moves "
+                          "it aside", UnreadablePartWarning, stacklevel=3)
+            return None
+
     def _read_table(self, columns: Sequence[str] | None = None) -> pa.Table:
         parts = self._parts()
-        if not parts:
+        tables = [t for t in (self._read_part(p, columns) for p in parts) if t is not None]
+        if not tables:
             schema = self.schema if columns is None else pa.schema([self.schema.field(c) for c in columns])
             return schema.empty_table()
-        tables = [self._read_part(p, columns) for p in parts]
         return pa.concat_tables(tables)
+
+    def unreadable_parts(self) -> list[tuple[Path, str]]:
+        """(part, reason) for every part that cannot be read whole against the schema."""
+        bad = []
+        for p in self._parts():
+            try:
+                self._read_part_raw(p).cast(self.schema)
+            except (pa.ArrowException, OSError, KeyError, ValueError) as e:
+                bad.append((p, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+        return bad
+
+    def repair(self) -> list[tuple[Path, Path, str]]:
+        """Move unreadable parts into ``quarantine/`` (under the lock); returns (from, to,
+        reason) per moved part. Their keys are then missing and a rerun recomputes them."""
+        moved = []
+        with self._locked():
+            bad = self.unreadable_parts()
+            if bad:
+                q = self.path / "quarantine"
+                q.mkdir(exist_ok=True)
+                for p, why in bad:
+                    dst = q / p.name
+                    os.replace(p, dst)
+                    self._key_cache.pop(p.name, None)
+                    moved.append((p, dst, why))
+        return moved
+
+    def delete_groups(self, groups: Iterable[Mapping[str, Any]]) -> int:
+        """Remove every row matching one of `groups` (each a {column: value} mapping):
+        the parts holding such rows are rewritten without them (atomically, under the
+        lock). Returns the number of rows removed."""
+        groups = [dict(g) for g in groups]
+        if not groups or not self.path.is_dir():
+            return 0
+        cols = sorted({c for g in groups for c in g})
+
+        def match(t: pa.Table):
+            mask = None
+            for g in groups:
+                m = None
+                for col, val in g.items():
+                    c = pc.equal(t[col], pa.scalar(val, type=self.schema.field(col).type))
+                    m = c if m is None else pc.and_(m, c)
+                mask = m if mask is None else pc.or_(mask, m)
+            return mask, int(pc.sum(pc.cast(mask, pa.int64())).as_py() or 0)
+
+        removed = 0
+        with self._locked():
+            for p in self._parts():
+                t = self._read_part(p, cols)  # the group columns only, to find the hits
+                if t is None or not match(t)[1]:
+                    continue
+                t = self._read_part(p)
+                if t is None:
+                    continue
+                mask, hit = match(t)
+                keep = t.filter(pc.invert(mask))
+                if keep.num_rows:
+                    new = self._write_part(keep.to_pylist())
+                    self._key_cache[new.name] = {tuple(r[c] for c in self.key)
+                                                 for r in keep.select(list(self.key)).to_pylist()}
+                os.remove(p)
+                self._key_cache.pop(p.name, None)
+                removed += hit
+        return removed
 
     def read(self, filters: Mapping[str, Any] | None = None, columns: Sequence[str] | None = None):
         """All stored rows as a pandas DataFrame (empty, with the schema's columns and
@@ -289,6 +385,8 @@ class _PartStore:
             ks = self._key_cache.get(p.name)
             if ks is None:
                 t = self._read_part(p, self.key)
+                if t is None:
+                    continue
                 cols = [t[c].to_pylist() for c in self.key]
                 ks = set(zip(*cols))
                 self._key_cache[p.name] = ks
@@ -309,7 +407,7 @@ class _PartStore:
         return key in self.keys()
 
     def __len__(self) -> int:
-        return sum(pq.ParquetFile(p).metadata.num_rows for p in self._parts())
+        return self._read_table(self.key).num_rows
 
 
 class ResultStore(_PartStore):
@@ -356,6 +454,29 @@ class PredictionStore(_PartStore):
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{where}: column 'extra' is not valid JSON: {value[:80]!r} ({e})") from None
         return value
+
+
+def commit_rows(store: ResultStore | None, predictions: PredictionStore | None,
+                rows: list[dict], preds: list[dict], replace: bool = False) -> None:
+    """Write one dataset's result and prediction rows so that they commit together: the
+    predictions first (replacing any of the same datasets), the result rows (which mark the
+    dataset done) last. With `replace` the datasets' old result rows are removed first, so
+    a crash at any point leaves the result keys missing and the rerun recomputes them."""
+    groups = sorted({(r["run_id"], r["trained_task_index"], r["eval_task"], r["dataset"])
+                     for r in rows})
+    group_maps = [dict(zip(("run_id", "trained_task_index", "eval_task", "dataset"), g))
+                  for g in groups]
+    if replace and store is not None:  # (the result key also has the epoch; these rows')
+        epochs = sorted({int(r.get("epoch") or 0) for r in rows})
+        store.delete_groups([dict(g, epoch=e) for g in group_maps for e in epochs])
+    if predictions is not None:
+        # predictions left by a writer killed before its result rows, or by the stale
+        # scoring being replaced: the fresh ones replace them
+        predictions.delete_groups(group_maps)
+        if preds:
+            predictions.append(preds)
+    if store is not None:
+        store.append(rows)
 
 
 # ======================================================================================

@@ -196,7 +196,9 @@ def run_and_evaluate(cfg: RunConfig, progress: bool = True, study: str = "run", 
     `trainer.num_workers` = 0 trains in this process; ≥ 1 runs every step as a Ray Train
     `TorchTrainer` with that many workers."""
     from .train.continual import ContinualRun, LocalBackend
+    from .validate import validate_run_config
 
+    validate_run_config(cfg)  # everything knowable fails here, before any work (errors.py)
     quiet_libraries()
     if backend is None:
         if cfg.trainer.num_workers >= 1:

@@ -38,7 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .config import ConfigError, ModelSpec, RunConfig, from_dict, set_dotted, to_dict
+from .validate import validate_run_config
+from .config import (ConfigError, ModelSpec, RunConfig, from_dict, resolve_explicit, set_dotted,
+                     to_dict)
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +138,7 @@ def apply_overrides(base: RunConfig, overrides: Mapping[str, Any]) -> RunConfig:
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             value = to_dict(value)
         set_dotted(data, key, value)
+    resolve_explicit(data, overrides, log=print)  # explicit values win over derived rules
     return from_dict(RunConfig, data)
 
 
@@ -356,6 +359,8 @@ def _trial(config, base_cfg, run_fn, progress) -> tuple[dict[str, Any], list[dic
         base_cfg = from_dict(RunConfig, json.loads(raw) if isinstance(raw, str) else raw)
     overrides = trial_overrides(config)
     cfg = apply_overrides(base_cfg, overrides)
+    if run_fn is None:  # the real run: everything knowable fails here, before the trial's work
+        validate_run_config(cfg)
     fn = run_fn or _default_run_fn()
     out = fn(cfg, progress=progress, **dict(config.get(RUN_KWARGS_KEY) or {}))
     history: list[dict[str, Any]] = []
@@ -675,23 +680,31 @@ def run_study(base: RunConfig, space: Mapping[str, list], *, study: str, use_tun
 def dry_run(base: RunConfig, space: Mapping[str, list], study: str, log=print) -> int:
     """Validate every run of a grid without training or downloading.
 
-    Returns 0 when every run config is valid and its data files exist, 1 when a data file
-    is missing (invalid configs raise ConfigError)."""
+    Returns 0 when every run passes `validate_run_config`, 2 (the user-error status) when
+    any fails; each failing run's error is printed as one line."""
+    from .errors import USER_ERROR_EXIT, one_line
     from .validate import validate_run_config
 
     combos = expand_grid(space)
-    missing = 0
+    bad = 0
     for i, c in enumerate(combos):
         cfg = apply_overrides(base, c)
-        notes = validate_run_config(cfg)
-        missing += sum(n.startswith("MISSING") for n in notes)
+        try:
+            notes = validate_run_config(cfg)
+        except ConfigError as e:
+            bad += 1
+            log(f"[{study}] run {i + 1}/{len(combos)} {cfg.model.name} {cfg.method.name} seed "
+                f"{cfg.seed}: ERROR {one_line(e)}")
+            continue
         log(f"[{study}] run {i + 1}/{len(combos)} {cfg.model.name} {cfg.method.name} seed "
             f"{cfg.seed} recipe {cfg.recipe}: OK")
         for n in notes:
             log(f"    {n}")
-    log(f"[{study}] {len(combos)} run configs valid" +
-        (f"; {missing} with MISSING data files" if missing else ""))
-    return 1 if missing else 0
+    if bad:
+        log(f"[{study}] {bad} of {len(combos)} run configs INVALID (see ERROR lines)")
+        return USER_ERROR_EXIT
+    log(f"[{study}] {len(combos)} run configs valid")
+    return 0
 
 
 __all__ = [

@@ -53,7 +53,8 @@ def test_checkpoint_of_task_k_is_start_of_task_k_plus_1(trained, tmp_path):
     ck2 = outcomes[1].checkpoint
     # run task 3 for zero optimizer steps from task 2's checkpoint: weights unchanged
     step3 = plan_steps(cfg)[2]
-    cfg0 = merge(cfg, {"stages": {"finetune": {"max_steps": 1, "lr": 0.0}}})
+    # (lr 0 is rejected by the config; one warm-up step starts at lr factor 0 instead)
+    cfg0 = merge(cfg, {"stages": {"finetune": {"max_steps": 1, "warmup_ratio": 0.5}}})
     run_step(cfg0, step3, ck2, tmp_path / "t3", progress=False)
     a, b = load_mllm(Path(ck2) / "model"), load_mllm(tmp_path / "t3" / "model")
     sa, sb = a.model.state_dict(), b.model.state_dict()

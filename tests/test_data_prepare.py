@@ -545,7 +545,13 @@ def test_paper_dry_run_on_prepared_root(root, name, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location(f"_study_{name}", REPO / "studies" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    rc = mod.main(["--preset", "paper", "--data-root", str(root), "--out", str(tmp_path / "o"),
-                   "--dry-run"])
+    models = tmp_path / "models"  # local model dirs: validation needs no hub (offline here)
+    from mllmcl_ray.presets.paper import CLIP_L14_336, PAPER_MODELS
+
+    for hub_id, mt in [(m.hub_id, m.family) for m in PAPER_MODELS.values()] + [(CLIP_L14_336, "clip")]:
+        (models / hub_id.split("/")[-1]).mkdir(parents=True)
+        (models / hub_id.split("/")[-1] / "config.json").write_text(json.dumps({"model_type": mt}))
+    rc = mod.SPEC.main(["--preset", "paper", "--data-root", str(root), "--out", str(tmp_path / "o"),
+                   "--model-root", str(models), "--dry-run"])
     text = capsys.readouterr().out
-    assert rc == 0 and "MISSING" not in text, text
+    assert rc == 0 and "ERROR" not in text, text

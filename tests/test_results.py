@@ -314,6 +314,188 @@ def test_summary_table(tmp_path):
     assert R.summary_table(store.read({"run_id": "none"})).empty
 
 
+# issue 11: results and predictions commit together; stale keys; corrupt parts
+# ======================================================================================
+import json as _json
+from pathlib import Path as _Path
+
+from mllmcl_ray.config import EvalConfig as _EvalConfig, EvalSet as _EvalSet
+from mllmcl_ray.eval.engine.base import Engine as _Engine
+
+_META = {"run_id": "r1", "study": "s", "model": "m", "scale": 1.0, "method": "naive",
+         "method_params": "{}", "seed": 0}
+
+
+class _RedEngine(_Engine):
+    """Answers "red" to everything (no model)."""
+
+    name = "fake"
+
+    def __init__(self):
+        from mllmcl_ray.models.templates import get_template
+
+        self.template = get_template("micro")
+        self.generated = 0
+
+    def generate(self, requests):
+        self.generated += len(requests)
+        return ["red"] * len(requests)
+
+    def loglikelihood(self, pairs):
+        return [(0.0, True)] * len(pairs)
+
+
+def _eval_file(path: _Path, answers: list[str]) -> _EvalSet:
+    recs = [{"id": f"q{i}", "conversations": [{"from": "human", "value": "Colour?"},
+                                               {"from": "gpt", "value": a}]}
+            for i, a in enumerate(answers)]
+    path.write_text(_json.dumps(recs))
+    return _EvalSet(name="colour", path=str(path), kind="exact_ci", max_samples=None, max_new_tokens=3)
+
+
+def _evaluator(root: _Path):
+    from mllmcl_ray.eval.evaluator import Evaluator
+
+    engines = []
+
+    def factory(model):
+        engines.append(_RedEngine())
+        return engines[-1]
+
+    ev = Evaluator(factory, R.ResultStore(root), R.PredictionStore(root), _EvalConfig(nl=False))
+    return ev, engines
+
+
+def _evaluate(ev, es, ckpt="ck2"):
+    return ev.evaluate("model", run_meta=_META, trained_task_index=2, trained_task="colour",
+                       vl_tasks=[(2, "colour", [es])], checkpoint_id=ckpt)
+
+
+def test_kill_between_predictions_and_results_is_repaired_by_the_rerun(tmp_path, monkeypatch):
+    es = _eval_file(tmp_path / "e.json", ["red", "blue", "red", "red"])
+    ev, _ = _evaluator(tmp_path / "res")
+    calls = []
+    real = R.ResultStore.append
+
+    def killed(self, rows):  # the writer dies right after the prediction part
+        calls.append(len(rows))
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(R.ResultStore, "append", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _evaluate(ev, es)
+    monkeypatch.setattr(R.ResultStore, "append", real)
+    preds = R.PredictionStore(tmp_path / "res")
+    assert len(preds) == 4 and len(R.ResultStore(tmp_path / "res")) == 0  # predictions first
+    ev2, engines = _evaluator(tmp_path / "res")
+    rows = _evaluate(ev2, es)
+    assert list(rows["value"]) == [0.75]  # 3 of 4 answers are "red"
+    assert len(engines) == 1 and engines[0].generated == 4  # the dataset was recomputed
+    got = preds.read()
+    assert sorted(got["sample_id"]) == ["q0", "q1", "q2", "q3"]  # replaced, not duplicated
+    # a third run finds both committed and builds no engine
+    ev3, engines3 = _evaluator(tmp_path / "res")
+    assert len(_evaluate(ev3, es)) == 0 and engines3 == []
+
+
+def test_rerun_recomputes_a_set_whose_eval_file_or_checkpoint_changed(tmp_path, capsys):
+    es = _eval_file(tmp_path / "e.json", ["red", "blue"])
+    ev, _ = _evaluator(tmp_path / "res")
+    assert list(_evaluate(ev, es)["value"]) == [0.5]
+    capsys.readouterr()
+    # unchanged: nothing recomputed (so the evaluator's expected hash equals the suite's)
+    assert len(_evaluate(_evaluator(tmp_path / "res")[0], es)) == 0
+    # the eval file is fixed: 4 records, different content
+    es = _eval_file(tmp_path / "e.json", ["red", "red", "red", "blue"])
+    rows = _evaluate(_evaluator(tmp_path / "res")[0], es)
+    assert list(rows["value"]) == [0.75] and list(rows["n"]) == [4]
+    assert "recomputing colour/colour after task 2: the eval set changed" in capsys.readouterr().out
+    stored = R.ResultStore(tmp_path / "res").read()
+    assert list(stored["value"]) == [0.75] and list(stored["n"]) == [4]  # old row replaced
+    assert sorted(R.PredictionStore(tmp_path / "res").read()["sample_id"]) == ["q0", "q1", "q2", "q3"]
+    # another checkpoint id for the same key: recomputed and said
+    rows = _evaluate(_evaluator(tmp_path / "res")[0], es, ckpt="ck2-retrained")
+    assert len(rows) == 1
+    assert "stored checkpoint ck2 ≠ ck2-retrained" in capsys.readouterr().out
+    assert list(R.ResultStore(tmp_path / "res").read()["checkpoint_id"]) == ["ck2-retrained"]
+    # another generation budget: recomputed
+    es.max_new_tokens = 5
+    assert len(_evaluate(_evaluator(tmp_path / "res")[0], es, ckpt="ck2-retrained")) == 1
+    assert "stored max_new_tokens 3 ≠ 5" in capsys.readouterr().out
+
+
+def test_an_empty_eval_set_is_never_stored_as_nan(tmp_path):
+    from mllmcl_ray.errors import DataError
+
+    es = _eval_file(tmp_path / "e.json", [])
+    ev, _ = _evaluator(tmp_path / "res")
+    with pytest.raises(DataError, match="scored 0 records"):
+        _evaluate(ev, es)
+    assert len(R.ResultStore(tmp_path / "res")) == 0 and len(R.PredictionStore(tmp_path / "res")) == 0
+
+
+def test_corrupt_parts_are_skipped_named_and_repaired(tmp_path):
+    s = R.ResultStore(tmp_path)
+    s.append([row(k=2, value=0.1)])
+    s.append([row(k=3, value=0.2)])
+    bad = s._parts()[0]
+    bad.write_bytes(b"garbage")
+    fresh = R.ResultStore(tmp_path)  # no key cache
+    with pytest.warns(R.UnreadablePartWarning, match=bad.name):
+        assert list(fresh.read()["value"]) == [0.2]
+    with pytest.warns(R.UnreadablePartWarning):
+        assert not fresh.has(("r1", 2, "nl", "lambada", "accuracy"))  # k=2 counts as missing
+    assert fresh.has(("r1", 3, "nl", "lambada", "accuracy"))
+    moved = fresh.repair()
+    assert [(m[0].name, m[1]) for m in moved] == [(bad.name, tmp_path / "quarantine" / bad.name)]
+    assert "ArrowInvalid" in moved[0][2] or "Parquet" in moved[0][2]
+    assert fresh.append([row(k=2, value=0.1)]) == 1  # the rerun writes the missing key again
+    assert sorted(fresh.read()["value"]) == [0.1, 0.2]
+
+
+def test_delete_groups_rewrites_only_the_matching_rows(tmp_path):
+    s = R.ResultStore(tmp_path)
+    s.append([row(k=2, dataset="a"), row(k=2, dataset="b"), row(k=2, dataset="a", metric="m2")])
+    s.append([row(k=3, dataset="a")])
+    n = s.delete_groups([{"run_id": "r1", "trained_task_index": 2, "eval_task": "nl",
+                          "dataset": "a"}])
+    assert n == 2
+    left = s.read().sort_values(["trained_task_index", "dataset"])
+    assert list(zip(left["trained_task_index"], left["dataset"])) == [(2, "b"), (3, "a")]
+    assert {k[:5] for k in s.keys()} == {("r1", 2, "nl", "b", "accuracy"),
+                                         ("r1", 3, "nl", "a", "accuracy")}
+    assert s.append([row(k=2, dataset="a")]) == 1  # the key is free again
+
+
+def test_rerun_of_stored_nl_and_vl_sets_recomputes_nothing(tmp_path):
+    """The evaluator's expected eval-set hash equals what every suite stores (else each
+    rerun would recompute): NL with both subset limits set, VL with OCR tokens."""
+    from mllmcl_ray.eval.evaluator import Evaluator
+
+    arc = tmp_path / "arc_easy.jsonl"
+    arc.write_text("\n".join(_json.dumps({"id": f"a{i}", "question": f"q{i}", "choices": ["x", "y"],
+                                           "label": i % 2}) for i in range(12)))
+    nl = _EvalSet(name="arc_easy", path=str(arc), kind="arc", max_samples=7)
+    vl = _eval_file(tmp_path / "e.json", ["red", "blue", "red"])
+    vl.name, vl.ocr_tokens = "colour_ocr", True
+    kw = dict(run_meta=_META, trained_task_index=2, trained_task="colour", nl_sets=[nl],
+              vl_tasks=[(2, "colour", [vl])], checkpoint_id="ck")
+    built = []
+    cfg = _EvalConfig(nl_max_samples=9, seed=3)
+
+    def factory(model):
+        built.append(_RedEngine())
+        return built[-1]
+
+    rows = Evaluator(factory, R.ResultStore(tmp_path / "r"), R.PredictionStore(tmp_path / "r"),
+                     cfg).evaluate("m", **kw)
+    assert sorted(rows["dataset"]) == ["arc_easy", "colour_ocr"] and len(built) == 1
+    assert int(rows[rows["dataset"] == "arc_easy"]["n"].iloc[0]) == 7  # min(7, 9)
+    again = Evaluator(factory, R.ResultStore(tmp_path / "r"), R.PredictionStore(tmp_path / "r"),
+                      cfg).evaluate("m", **kw)
+    assert len(again) == 0 and len(built) == 1
+
+
 def test_epoch_column_keys_epochs_and_reads_parts_written_before_it(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -339,3 +521,6 @@ def test_epoch_column_keys_epochs_and_reads_parts_written_before_it(tmp_path):
     assert store.read(filters={"epoch": 1})["value"].tolist() == [0.2]
     assert not store.has(("r1", 2, "vqa", "vqav2", "accuracy", 3))
     assert R.RESULT_KEY[-1] == "epoch" and R.RESULT_SCHEMA.field("epoch").type == pa.int64()
+
+
+# ===============================================================================

@@ -72,13 +72,30 @@ def fake_root(tmp_path, monkeypatch):
     files += [f"Instructions/{t}/{s}.json" for t in COIN_TASKS for s in ("train", "test")]
     files += [f"emt/{t}/{s}.json" for t in ("mnist", "cifar10", "cifar100", "miniimagenet")
               for s in ("train", "test")]
+    # one valid record per file (validation reads the first training record and every
+    # eval record): text-only, with every scorer's reference field
+    rec = {"id": "r0", "conversations": [{"from": "human", "value": "Q?"},
+                                         {"from": "gpt", "value": "red"}],
+           "answers": ["red"] * 10, "answer": "A", "label": "red", "bbox": [0.1, 0.1, 0.5, 0.5],
+           "ocr_tokens": ["red"], "labels": ["red", "blue"]}
+    nl = {"lambada": {"context": "the cat", "target": "sat"},
+          "arc": {"question": "q", "choices": ["a", "b"], "label": 0},
+          "winogrande": {"sentence": "a _ b", "option1": "x", "option2": "y", "answer": "1"},
+          "wsc": {"text": "The cat sat. It ran.", "pronoun": "It", "pronoun_loc": 13,
+                  "options": ["The cat", "the dog"], "label": 0}}
     for f in files:
         p = data / f
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text("" if f.endswith(".jsonl") else "[]")
+        if f.endswith(".jsonl"):
+            kind = next(k for k in nl if Path(f).stem.startswith(k))
+            p.write_text(json.dumps(nl[kind]) + "\n")
+        else:
+            p.write_text(json.dumps([rec]))
     (data / "images").mkdir()
-    for m in ("pythia-160m-deduped", "vicuna-7b-v1.5", "clip-vit-large-patch14-336"):
+    for m, mt in (("pythia-160m-deduped", "gpt_neox"), ("vicuna-7b-v1.5", "llama"),
+                  ("clip-vit-large-patch14-336", "clip")):
         (models / m).mkdir(parents=True)
+        (models / m / "config.json").write_text(json.dumps({"model_type": mt}))
     return data, models, tmp_path / "out"
 
 
@@ -107,8 +124,9 @@ def test_paper_dry_run(name, fake_root, capsys):
     (data / victim).unlink()
     rc = mod.SPEC.main(argv)
     text = capsys.readouterr().out
-    assert rc == 1  # a missing data file fails the dry run
-    assert "MISSING" in text and str(data / victim) in text
+    assert rc == 2  # a missing data file fails the dry run (the user-error status)
+    assert "ERROR" in text and f"{data / victim} does not exist" in text
+    assert "ERROR" in text and f"{data / victim} does not exist" in text
 
 
 def context(mod, argv):
@@ -467,9 +485,15 @@ def test_every_reproduction_validates_on_paper(name, repro, fake_root, capsys):
     for m in ("pythia-410m-deduped", "pythia-1b-deduped", "pythia-1.4b-deduped", "pythia-2.8b-deduped",
               "pythia-1.4b-deduped-synthetic-instruct", "phi-2", "Llama-2-7b-hf"):
         (models / m).mkdir(exist_ok=True)
+        mt = "phi" if m.startswith("phi") else "llama" if m.startswith("Llama") else "gpt_neox"
+        (models / m / "config.json").write_text(json.dumps({"model_type": mt}))
     rc = load_study(name).SPEC.main(["--preset", "paper", "--data-root", str(data), "--model-root",
                                      str(models), "--out", str(out), "--dry-run", "--reproduce", repro])
     text = capsys.readouterr().out
+    if (name, repro) == ("coin", "table3"):  # its judge is a hub id, and the hub is offline here
+        assert rc == 2 and ("eval.judge: hub id 'Qwen/Qwen1.5-32B-Chat' is not in the local "
+                            "cache") in text, text
+        return
     assert rc == 0, text
     assert "run configs valid" in text and "MISSING" not in text and "hub id" not in text
 
@@ -483,14 +507,16 @@ def test_paper_without_data_is_one_clear_line(name, tmp_path, capsys):
     assert err == f"{name}: error: --preset paper needs --data-root DIR (its layout: docs/data.md)\n"
     from mllmcl_ray.config import ConfigError
 
-    with pytest.raises(ConfigError, match="--data-root"):  # --debug: the traceback instead
-        mod.SPEC.main(["--preset", "paper", "--dry-run", "--debug", "--out", str(tmp_path)])
-    # no data root at all: each run names its missing files, then the data check (the
+    # --debug: the traceback too
+    rc = mod.SPEC.main(["--preset", "paper", "--dry-run", "--debug", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" in err and "--data-root" in err
+    # no data root at all: each run names its missing file, then the data check (the
     # preflight) stops with one line saying how to make the root, exit 2
     rc = mod.SPEC.main(["--preset", "paper", "--dry-run", "--data-root", str(tmp_path / "none"),
                         "--out", str(tmp_path)])
     cap = capsys.readouterr()
-    assert rc == 2 and "MISSING data files" in cap.out and str(tmp_path / "none") in cap.out
+    assert rc == 2 and "ERROR" in cap.out and str(tmp_path / "none") in cap.out
     assert cap.err == (f"{name}: error: data root {tmp_path / 'none'} is not a directory; run "
                        f"`mllmcl data prepare all --root {tmp_path / 'none'}` first\n")
 

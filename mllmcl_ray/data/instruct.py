@@ -20,10 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DataSource
-
-
-class DataError(ValueError):
-    """A data file or record is malformed; the message says where and what."""
+from ..errors import DataError  # noqa: F401  (re-exported: `from .instruct import DataError`)
 
 
 @dataclass
@@ -104,6 +101,9 @@ def validate_record(rec: object, path: Path, idx: int) -> dict:
                             f"(turns alternate human/gpt), got {turn.get('from')!r}")
         if not isinstance(turn.get("value"), str):
             raise DataError(f"{where}: field 'conversations[{j}].value' must be a string")
+        if expected == "gpt" and not turn["value"].strip():
+            raise DataError(f"{where}: field 'conversations[{j}].value' is an empty answer; "
+                            "give the answer text or drop the record")
     if convs[-1]["from"] != "gpt":
         raise DataError(f"{where}: field 'conversations' must end with a 'gpt' answer")
     image = rec.get("image")

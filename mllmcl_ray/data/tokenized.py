@@ -7,6 +7,7 @@ dataset then gives random access without holding Python lists of the whole task.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ from torch.utils.data import Dataset
 
 from ..config import DataSource
 from ..models.tokenizers import encode_conversation
-from .instruct import ReadStats, read_instructions
+from .instruct import DataError, ReadStats, read_instructions
 
 SCHEMA = pa.schema([("id", pa.string()), ("image", pa.string()),
                     ("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32()))])
@@ -82,8 +83,12 @@ def build_tokenized(sources: Iterable[DataSource], tok, template, *, n_image_tok
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     out = cache_dir / f"tok-{key}.parquet"
+    stats_file = out.with_suffix(".stats.json")  # the read's counts (skips), kept with the cache
     if out.exists():
+        if stats is not None and stats_file.exists():
+            stats.extend(ReadStats(**d) for d in json.loads(stats_file.read_text()))
         return TokenizedDataset(out)
+    read: list[ReadStats] = []
     tmp = cache_dir / f".tok-{key}.{uuid.uuid4().hex}.tmp"
     writer = pq.ParquetWriter(tmp, SCHEMA)
     buf: dict[str, list] = {k: [] for k in SCHEMA.names}
@@ -98,19 +103,25 @@ def build_tokenized(sources: Iterable[DataSource], tok, template, *, n_image_tok
         for src in sources:
             st = ReadStats(src.path)
             for rec in read_instructions(src, seed=seed, stats=st):
-                ids, labels = encode_conversation(tok, template, rec["conversations"],
-                                                  n_image_tokens=n_image_tokens, max_len=max_len)
+                try:
+                    ids, labels = encode_conversation(tok, template, rec["conversations"],
+                                                      n_image_tokens=n_image_tokens,
+                                                      max_len=max_len)
+                except DataError as e:
+                    raise DataError(f"{src.path}: record id={rec['id']}: {e}") from None
                 buf["id"].append(rec["id"])
                 buf["image"].append(rec.get("image"))
                 buf["input_ids"].append(ids)
                 buf["labels"].append(labels)
                 if len(buf["id"]) >= _CHUNK:
                     flush()
-            if stats is not None:
-                stats.append(st)
+            read.append(st)
         flush()
         writer.close()
+        stats_file.write_text(json.dumps([dataclasses.asdict(st) for st in read]))
         os.replace(tmp, out)
+        if stats is not None:
+            stats.extend(read)
     except BaseException:
         writer.close()
         tmp.unlink(missing_ok=True)

@@ -30,7 +30,8 @@ import pandas as pd
 
 from ..config import EvalConfig, EvalSet
 from .engine.base import Engine, decoding_json, engine_factory
-from .kinds import get_kind
+from ..results import commit_rows
+from .kinds import get_kind, max_new_tokens
 from .suites.common import SuiteResult
 
 RUN_META_COLUMNS = ("run_id", "study", "model", "scale", "method", "method_params", "seed")
@@ -48,6 +49,7 @@ class PlannedSet:
     eval_set: EvalSet
     metrics: tuple[str, ...]  # metric keys that mark the set as done
     judge: bool = False
+    replace: bool = False  # stored rows are stale: remove them when the new ones are written
 
 
 @dataclass
@@ -74,6 +76,30 @@ def _meta(run_meta: dict) -> dict:
     m["scale"] = float(m["scale"])
     m["seed"] = int(m["seed"])
     return m
+
+
+def expected_eval_set_hash(p: PlannedSet, cfg: EvalConfig) -> str | None:
+    """The `eval_set_hash` the suite would write for `p` now (as run_vl_set, run_nl_set
+    and run_emt_set compute it), without a model; None if it cannot be told."""
+    from .suites.common import content_hash
+
+    es = p.eval_set
+    try:
+        if p.suite == "nl":
+            from .suites.nl import load_nl_docs, nl_kind
+
+            limit = [m for m in (es.max_samples, cfg.nl_max_samples) if m is not None]
+            docs = load_nl_docs(es, min(limit) if limit else None, cfg.seed)
+            return content_hash([nl_kind(es.name, es.kind, docs[0] if docs else None), docs])
+        from .suites.vl import load_eval_records, record_fingerprint, use_ocr
+
+        records = load_eval_records(es, cfg.seed)
+        fps = [record_fingerprint(r) for r in records]
+        if p.suite == "emt":
+            return content_hash(["emt", "object", fps])
+        return content_hash([es.kind, use_ocr(es, None), fps])
+    except (OSError, ValueError):  # unreadable now: scoring will say what is wrong
+        return None
 
 
 class Evaluator:
@@ -138,15 +164,60 @@ class Evaluator:
                 out.append(PlannedSet("emt", t_name, int(t_idx), es, ms))
         return out
 
-    def pending(self, plan: list[PlannedSet], run_id: str, trained_task_index: int
-                ) -> list[PlannedSet]:
-        """The planned sets with at least one metric key not yet stored."""
+    def pending(self, plan: list[PlannedSet], run_id: str, trained_task_index: int,
+                checkpoint_id: str | None = None) -> list[PlannedSet]:
+        """The planned sets with at least one metric key not yet stored, plus the stored
+        ones that are stale (`stale_reason`: scored on another eval set, checkpoint or
+        generation budget than they would be now; they are recomputed, and it says so)."""
         if self.store is None:
             return plan
         have = self.store.keys()
-        return [p for p in plan if any(
-            (run_id, int(trained_task_index), p.eval_task, p.eval_set.name, m) not in have
-            for m in p.metrics)]
+        out = []
+        stored = None
+        for p in plan:
+            if any((run_id, int(trained_task_index), p.eval_task, p.eval_set.name, m) not in have
+                   for m in p.metrics):
+                out.append(p)
+                continue
+            if stored is None:  # one read for every stored set of this checkpoint
+                stored = self.store.read(
+                    {"run_id": run_id, "trained_task_index": int(trained_task_index)},
+                    columns=["eval_task", "dataset", "metric", "eval_set_hash", "checkpoint_id",
+                             "decoding", "epoch"])
+            why = self.stale_reason(p, stored, checkpoint_id)
+            if why:
+                print(f"[{run_id}] recomputing {p.eval_task}/{p.eval_set.name} after task "
+                      f"{trained_task_index}: {why}")
+                p.replace = True
+                out.append(p)
+        return out
+
+    def stale_reason(self, p: PlannedSet, stored: pd.DataFrame, checkpoint_id: str | None
+                     ) -> str | None:
+        """Why the stored rows (`stored`: this checkpoint's) of a planned set no longer
+        match what it would be scored on now (eval-set content hash, checkpoint id,
+        max_new_tokens), or None."""
+        if "epoch" in stored:  # end-of-task rows (epoch 0) only
+            stored = stored[stored["epoch"] == 0]
+        stored = stored[(stored["eval_task"] == p.eval_task)
+                        & (stored["dataset"] == p.eval_set.name)
+                        & stored["metric"].isin(list(p.metrics))]
+        if stored.empty:
+            return None
+        row = stored.iloc[-1]
+        if checkpoint_id is not None and row["checkpoint_id"] != str(checkpoint_id):
+            return f"stored checkpoint {row['checkpoint_id']} ≠ {checkpoint_id}"
+        try:
+            stored_budget = json.loads(row["decoding"]).get("max_new_tokens")
+        except (TypeError, ValueError):
+            stored_budget = None
+        budget = None if p.suite == "nl" else max_new_tokens(p.eval_set)
+        if budget is not None and stored_budget is not None and stored_budget != budget:
+            return f"stored max_new_tokens {stored_budget} ≠ {budget}"
+        now = expected_eval_set_hash(p, self.cfg)
+        if now is not None and row["eval_set_hash"] != now:
+            return f"the eval set changed (stored hash {row['eval_set_hash']} ≠ {now})"
+        return None
 
     # ----------------------------------------------------------------------------------
     # engines
@@ -190,13 +261,13 @@ class Evaluator:
         """(result rows, prediction rows) for the sets not yet stored; with `write` each
         dataset's rows are appended to the stores as soon as it is scored."""
         meta = _meta(run_meta)
-        todo = self.pending(self.plan(nl_sets=nl_sets, vl_tasks=vl_tasks, emt_tasks=emt_tasks),
-                            meta["run_id"], trained_task_index)
-        if not todo:
-            return [], []
         ckpt_id = checkpoint_id or run_meta.get("checkpoint_id") or (
             str(model) if isinstance(model, (str, Path))
             else f"{meta['run_id']}/task{int(trained_task_index)}")
+        todo = self.pending(self.plan(nl_sets=nl_sets, vl_tasks=vl_tasks, emt_tasks=emt_tasks),
+                            meta["run_id"], trained_task_index, str(ckpt_id))
+        if not todo:
+            return [], []
         base = dict(meta, trained_task_index=int(trained_task_index),
                     trained_task=str(trained_task), checkpoint_id=str(ckpt_id))
         engine = self.engine_for(model)
@@ -204,16 +275,19 @@ class Evaluator:
         all_preds: list[dict] = []
         for p in todo:
             results = self._run_set(engine, p)
+            empty = [r.dataset for r in results if r.split != "judge" and r.n == 0]
+            if empty:
+                from ..errors import DataError
+
+                raise DataError(f"eval set {p.eval_set.name!r} ({p.eval_set.path}) scored 0 "
+                                "records; an empty eval set has no accuracy: give it records")
             rows, preds = [], []
             for res in results:
                 rows.extend(self._rows(base, p, res))
                 if res.split != "judge":
                     preds.extend(self._prediction_rows(base, p, res))
-            if write:
-                if self.store is not None:
-                    self.store.append(rows)
-                if self.predictions is not None and preds:
-                    self.predictions.append(preds)
+            if write:  # predictions first, result rows (the done mark) last
+                commit_rows(self.store, self.predictions, rows, preds, replace=p.replace)
             all_rows.extend(rows)
             all_preds.extend(preds)
         return all_rows, all_preds

@@ -97,6 +97,10 @@ class ContinualMethod:
     replaces_loss: ClassVar[bool] = False  # True if token_loss is overridden
     # Does the method keep the weights plain (mergeable) at every task end?
     plain_checkpoints: ClassVar[bool] = True
+    # What the method takes exclusively (two methods of a stack may not share one):
+    # "trainable" (it decides which weights train: linear, lora, moelora) and/or
+    # "adapter" (it wraps the LLM in a peft adapter: lora, moelora).
+    exclusive: ClassVar[tuple[str, ...]] = ()
     # Registered methods a composite expands into (their params sit under their own names)
     components: ClassVar[tuple[str, ...]] = ()
 
@@ -211,6 +215,24 @@ def _params(cls: type[ContinualMethod], data: dict, name: str) -> Any:
     return from_dict(cls.Params, data, f"method.params.{name}")
 
 
+def check_compatible(methods: list[ContinualMethod]) -> None:
+    """Methods of one stack must be distinct and claim no `exclusive` role twice."""
+    names = [m.name for m in methods]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"method.name {'+'.join(names)!r}: {dup} appear(s) twice (a composite "
+                          "such as msgm already includes its parts); name each method once")
+    owner: dict[str, str] = {}
+    for m in methods:
+        for role in m.exclusive:
+            if role in owner:
+                raise ConfigError(
+                    f"method.name {'+'.join(names)!r}: {owner[role]!r} and {m.name!r} both take "
+                    f"the {role!r} role (methods.base.ContinualMethod.exclusive); combine at "
+                    "most one of them")
+            owner[role] = m.name
+
+
 class MethodStack(ContinualMethod):
     """Several methods run as one: hooks called in order, penalties summed."""
 
@@ -220,6 +242,7 @@ class MethodStack(ContinualMethod):
         losers = [m.name for m in methods if m.replaces_loss]
         if len(losers) > 1:
             raise ConfigError(f"methods {losers} each replace the token loss; combine at most one")
+        check_compatible(methods)
         self.name = "+".join(m.name for m in methods)
         self.plain_checkpoints = all(m.plain_checkpoints for m in methods)
 

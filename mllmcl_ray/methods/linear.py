@@ -7,5 +7,7 @@ from .base import ContinualMethod, TaskContext, register_method
 
 @register_method("linear")
 class LinearFT(ContinualMethod):
+    exclusive = ("trainable",)
+
     def prepare_model(self, mllm, ctx: TaskContext) -> None:
         set_trainable(mllm.model, "projector")

@@ -139,6 +139,7 @@ def lora_config(model, p, config_cls=None, **extra):
 
 @register_method("lora")
 class LoRA(ContinualMethod):
+    exclusive = ("trainable", "adapter")
     Params = LoRAParams
 
     def __init__(self, params: LoRAParams | None = None):

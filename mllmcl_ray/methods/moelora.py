@@ -278,6 +278,7 @@ def load_moelora_checkpoint(path: str | Path, spec=None) -> MLLM:
 
 @register_method("moelora")
 class MoELoRA(ContinualMethod):
+    exclusive = ("trainable", "adapter")
     Params = MoELoRAParams
     plain_checkpoints = False
 

@@ -107,7 +107,7 @@ def _load_llm(spec: ModelSpec, dtype: torch.dtype):
             return AutoModelForCausalLM.from_pretrained(
                 spec.llm, dtype=dtype, trust_remote_code=spec.trust_remote_code)
         except OSError as e:
-            raise FileNotFoundError(
+            raise _model_path_error(
                 f"model.llm {spec.llm!r} for model {spec.name!r} is neither a local directory "
                 "with a saved causal LM nor a hub id available offline. Download it on a "
                 "machine with internet (huggingface-cli download) and point model.llm at the "
@@ -125,7 +125,7 @@ def _load_vision(spec: ModelSpec, dtype: torch.dtype) -> CLIPVisionModel:
         try:
             return CLIPVisionModel.from_pretrained(spec.vision, dtype=dtype)
         except OSError as e:
-            raise FileNotFoundError(
+            raise _model_path_error(
                 f"model.vision {spec.vision!r} for model {spec.name!r} is neither a local "
                 "directory with a CLIP model nor a hub id available offline. Cause: {e}"
                 .replace("{e}", str(e))) from e
@@ -264,3 +264,11 @@ def _restore_lm_head_bias(model, path: Path) -> None:
                     new.bias.copy_(bias)
                 model.lm_head = new
                 return
+
+
+def _model_path_error(message: str):
+    """A model that cannot be loaded as configured: a user error (errors.ModelNotFoundError,
+    also a FileNotFoundError)."""
+    from ..errors import ModelNotFoundError
+
+    return ModelNotFoundError(message)

@@ -45,7 +45,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except OSError as e:
-        raise FileNotFoundError(
+        raise _model_path_error(
             f"could not load a tokenizer from {name_or_path!r}: it is neither a local directory "
             "with tokenizer files nor a reachable hub id (offline? set HF_HOME to a cache that "
             f"holds it, or point model.tokenizer at a local dir). Cause: {e}") from e
@@ -88,11 +88,24 @@ def encode_conversation(tok, template: ConversationTemplate, conversations: list
                 labels.extend(part_ids if is_target else [IGNORE_INDEX] * len(part_ids))
     if len(ids) > max_len:
         n_img = ids[:max_len].count(img_id)
-        if 0 < n_img < n_image_tokens:
-            raise ValueError(f"max_seq_len {max_len} cuts the image tokens; raise model.max_seq_len")
+        if n_img < ids.count(img_id):
+            from ..errors import DataError
+
+            raise DataError(f"a {len(ids)}-token sample (text before the image: "
+                            f"{ids.index(img_id)} tokens) does not fit model.max_seq_len "
+                            f"{max_len} with its {n_image_tokens} image tokens: truncation would "
+                            "cut the image; raise model.max_seq_len or shorten the question")
         ids, labels = ids[:max_len], labels[:max_len]
     return ids, labels
 
 
 def save_tokenizer(tok, path: str | Path) -> None:
     tok.save_pretrained(str(path))
+
+
+def _model_path_error(message: str):
+    """A model that cannot be loaded as configured: a user error (errors.ModelNotFoundError,
+    also a FileNotFoundError)."""
+    from ..errors import ModelNotFoundError
+
+    return ModelNotFoundError(message)

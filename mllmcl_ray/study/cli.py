@@ -211,14 +211,9 @@ def run(spec: StudySpec, args: argparse.Namespace, log=print) -> int:
 
 
 def main(spec: StudySpec, argv=None) -> int:
-    """Parse, run, and turn every user error into one line on stderr with exit status 2."""
-    from ..data.instruct import DataError
+    """Parse, run, and turn every user error into one line on stderr with exit status 2
+    (`errors.main_guard`; `--debug` shows the traceback)."""
+    from ..errors import main_guard
 
     args = build_parser(spec).parse_args(argv)
-    try:
-        return run(spec, args)
-    except (ConfigError, DataError) as e:
-        if args.debug:
-            raise
-        print(f"{spec.name}: error: {e}", file=sys.stderr)
-        return 2
+    return main_guard(lambda: run(spec, args), prog=spec.name, debug=args.debug)

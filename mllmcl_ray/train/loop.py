@@ -40,6 +40,10 @@ class StageResult:
 
 def step_indices(n: int, stage: StageConfig, seed: int, total_steps: int) -> np.ndarray:
     """[total_steps, global_batch] sample indices: seeded epochs of permutations."""
+    if n <= 0:  # would loop forever below (epochs of empty permutations)
+        from ..errors import DataError
+
+        raise DataError("the stage has no training samples; give the task a non-empty training file")
     rng = np.random.default_rng(seed)
     need = total_steps * stage.global_batch_size
     chunks, have = [], 0

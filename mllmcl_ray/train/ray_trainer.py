@@ -54,6 +54,7 @@ from typing import Any
 import torch
 
 from ..config import RunConfig
+from ..validate import check_cluster_resources
 from .callbacks import TrainCallback
 from .checkpoint import POSITION_FILE
 from .task import StepPlan, stage_path
@@ -261,7 +262,16 @@ class RayBackend:
     def run(self, cfg: RunConfig, step: StepPlan, prev_checkpoint: str | None, out_dir: Path,
             run_dir: Path) -> dict:
         ensure_ray(**self.init_kwargs)
-        self.last_result = self.trainer(cfg, step, prev_checkpoint, out_dir, run_dir).fit()
+        check_cluster_resources(cfg)  # workers the cluster cannot place: an error, not a wait
+        try:
+            self.last_result = self.trainer(cfg, step, prev_checkpoint, out_dir, run_dir).fit()
+        except Exception as e:  # a worker's DataError etc.: the user's one-line error
+            from ..errors import user_error_in
+
+            err = user_error_in(e)
+            if err is None:
+                raise
+            raise err from e
         pos = Path(out_dir) / POSITION_FILE
         if not pos.exists():
             raise RuntimeError(f"Ray Train finished step {step.key} without writing {pos}")

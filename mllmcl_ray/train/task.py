@@ -87,10 +87,29 @@ def plan_steps(cfg: RunConfig) -> list[StepPlan]:
 
 
 def tokenized_sources(mllm: MLLM, sources: list[DataSource], cfg: RunConfig, cache_dir: Path,
-                      template=None) -> TokenizedDataset:
+                      template=None, stats: list | None = None) -> TokenizedDataset:
     return build_tokenized(sources, mllm.tokenizer, template or mllm.template,
                            n_image_tokens=mllm.n_image_tokens, max_len=mllm.spec.max_seq_len,
-                           seed=cfg.seed, cache_dir=cache_dir)
+                           seed=cfg.seed, cache_dir=cache_dir, stats=stats)
+
+
+def check_step_data(step: StepPlan, data: TokenizedDataset, stats: list) -> dict:
+    """The step's read counts (for the summary / run_state.json); skips are printed, and a
+    step left without records is a DataError before any training."""
+    skipped = sum(st.skipped_missing_image for st in stats)
+    if skipped:
+        print(f"[{step.key}] " + "; ".join(st.summary() for st in stats if st.skipped_missing_image))
+    if len(data) == 0:
+        from ..errors import DataError
+
+        what = "; ".join(st.summary() for st in stats) or "no sources"
+        raise DataError(f"step {step.key}: no training records ({what}); fix the data files "
+                        "or their image paths (missing_image: skip skipped them all)"
+                        if skipped else f"step {step.key}: no training records ({what}); give "
+                        "the task a non-empty training file")
+    return {"records_seen": sum(st.seen for st in stats), "records_kept": len(data),
+            "skipped_missing_image": skipped,
+            "skipped_ids": [i for st in stats for i in st.skipped_ids][:10]}
 
 
 def load_step_model(cfg: RunConfig, prev_checkpoint: str | None, methods: MethodStack) -> MLLM:
@@ -217,7 +236,9 @@ def run_step(cfg: RunConfig, step: StepPlan, prev_checkpoint: str | None, out_di
         methods.load_state(Path(prev_checkpoint) / "method_state")
     mllm = load_step_model(cfg, prev_checkpoint, methods)
     plain = get_template("plain")
-    data = tokenized_sources(mllm, step.sources, cfg, cache_dir, path.template())
+    read_stats: list = []
+    data = tokenized_sources(mllm, step.sources, cfg, cache_dir, path.template(), stats=read_stats)
+    data_counts = check_step_data(step, data, read_stats)
     collate = Collator(mllm.tokenizer.pad_token_id, mllm.image_processor,
                        load_pixels=feature_cache_dir is None)
     ctx = TaskContext(
@@ -268,7 +289,7 @@ def run_step(cfg: RunConfig, step: StepPlan, prev_checkpoint: str | None, out_di
                "first_loss": result.losses[0] if result.losses else None,
                "last_loss": result.losses[-1] if result.losses else None,
                "losses": result.losses, "samples": len(dataset), "lr": lr,
-               "tokens_per_s": result.tokens_per_s, "seconds": result.seconds,
+               "tokens_per_s": result.tokens_per_s, "seconds": result.seconds, **data_counts,
                "epoch_checkpoints": epoch_checkpoints(step, out_dir, len(dataset), stage, total)}
     if strategy.rank == 0:
         mllm.model.eval()

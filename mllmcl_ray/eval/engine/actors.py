@@ -140,9 +140,9 @@ def evaluate_many(jobs: Sequence[EvalJob], *, store, predictions=None,
             pool.submit(lambda a, j: a.run.remote(j), job)
         while pool.has_next():
             job, rows, preds = pool.get_next_unordered()
-            store.append(rows)
-            if predictions is not None and preds:
-                predictions.append(preds)
+            from ...results import commit_rows
+
+            commit_rows(store, predictions, rows, preds)  # predictions first, rows last
             written.extend(rows)
             if on_result is not None:
                 on_result(job, rows)

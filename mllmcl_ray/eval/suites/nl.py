@@ -40,13 +40,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ...config import EvalSet
+from ...errors import DataError
 from .common import SuiteResult, content_hash, select_subset
 
 NL_PROMPT_VERSION = "nl-lmeval-v2"  # v2: WSC scored with lm-eval's exact continuation
 NL_KINDS = ("lambada", "arc", "winogrande", "wsc")
 
 
-class NLDataError(ValueError):
+class NLDataError(DataError):
     """An NL eval file or record is malformed."""
 
 
@@ -56,7 +57,13 @@ def read_jsonl(path: str | Path) -> list[dict]:
         raise NLDataError(f"NL eval file {p} does not exist")
     text = p.read_text()
     if text.lstrip().startswith("["):
-        return json.loads(text)
+        try:
+            docs = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise NLDataError(f"{p}: not valid JSON (line {e.lineno}): {e.msg}") from None
+        if not all(isinstance(d, dict) for d in docs):
+            raise NLDataError(f"{p}: every record must be a JSON object")
+        return docs
     out = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if line.strip():
@@ -64,6 +71,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 out.append(json.loads(line))
             except json.JSONDecodeError as e:
                 raise NLDataError(f"{p}: line {lineno} is not valid JSON: {e.msg}") from None
+            if not isinstance(out[-1], dict):
+                raise NLDataError(f"{p}: line {lineno} must be a JSON object")
     return out
 
 
@@ -232,3 +241,30 @@ def run_nl_set(engine, eval_set: EvalSet, *, max_samples: int | None = None, see
     return SuiteResult(dataset=eval_set.name, split=nl_split(kind), metrics=metrics,
                        n=len(docs), eval_set_hash=content_hash([kind, docs]),
                        prompt_version=NL_PROMPT_VERSION, decoding=decoding, predictions=preds)
+
+
+def check_nl_set(eval_set: EvalSet) -> int:
+    """Up-front check of an NL eval file (validate.py): every record parses and builds its
+    requests; returns the record count. Raises NLDataError naming the file and record."""
+    docs = read_jsonl(eval_set.path)
+    if not docs:
+        raise NLDataError(f"NL eval set {eval_set.name!r}: {eval_set.path} has no records; "
+                          "point path at a non-empty file or drop the set")
+    kind = nl_kind(eval_set.name, eval_set.kind, docs[0])
+    build = lambada_pair if kind == "lambada" else MC_BUILDERS[kind]
+    ids: set[str] = set()
+    for i, d in enumerate(docs):
+        try:
+            build(d)
+        except NLDataError as e:
+            raise NLDataError(f"{eval_set.path}: record {i}: {e}") from None
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            what = f"field {e.args[0]!r} is missing" if isinstance(e, KeyError) else str(e)
+            raise NLDataError(f"{eval_set.path}: record {i} (id={d.get('id', i)!r}) is not a "
+                              f"valid {kind} record: {what}") from None
+        rid = str(d.get("id", i))
+        if rid in ids:
+            raise NLDataError(f"{eval_set.path}: record {i}: id {rid!r} appears twice; ids "
+                              "must be unique")
+        ids.add(rid)
+    return len(docs)
