@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 ID_COLUMNS = ("study", "model", "scale", "method", "method_params")
-EMT_METRICS = ("emt_exact", "emt_embed", "emt_judge")
+EMT_METRICS = ("emt_exact", "emt_nearest", "emt_judge")  # what suites/emt.py writes
 CLIP_METRIC = "clip_zero_shot"
 NL_TASK = "nl"
 PALETTE = qualitative.Plotly + qualitative.D3
@@ -583,7 +583,7 @@ def _stage(sub: pd.DataFrame) -> pd.Series:
 
 
 def fig_emt(df: pd.DataFrame) -> go.Figure | None:
-    """Zhai et al. Fig. 4–7: EMT accuracy (split ``emt``; metrics emt_exact / emt_embed /
+    """Zhai et al. Fig. 4–7: EMT accuracy (split ``emt``; metrics emt_exact / emt_nearest /
     emt_judge) per dataset (one facet each) and per epoch / trained task (x), one line
     per (config, EMT metric), against the vision tower's zero-shot CLIP accuracy
     (metric ``clip_zero_shot``; dashed line per model, flat where it was measured once)."""
@@ -736,5 +736,5 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("emt", fig_emt, "EMT vs CLIP zero-shot",
                "Zhai et al. Fig. 4–7: EMT classification accuracy of the MLLM per dataset and per epoch / "
                "trained task, against the zero-shot CLIP accuracy of its vision tower (dashed).",
-               "rows with split 'emt' and metric emt_exact / emt_embed / emt_judge (and clip_zero_shot)"),
+               "rows with split 'emt' and metric emt_exact / emt_nearest / emt_judge (and clip_zero_shot)"),
 )
