@@ -8,6 +8,14 @@ in docs/data.md):
     ray job submit --working-dir . -- python studies/emt.py --preset paper --data-root /data \\
         --train-set mnist,cifar10,cifar100,miniimagenet            # Zhai fine-tunes on each
 
+EMT of checkpoints as they are (Zhai §4.1, Fig. 4; study ``emt_models``): any HF
+LLaVA-format checkpoint (hub id or dir, with its own processor and chat template) beside
+its vision tower's CLIP zero-shot accuracy:
+
+    python studies/emt.py --preset paper --data-root /data \
+        --models llava-hf/llava-1.5-7b-hf,llava-hf/llava-1.5-13b-hf
+    python studies/emt.py --models runs/scale/.../checkpoint --preset micro
+
 On a laptop with no GPU (micro preset, the default there: digits = MNIST, shapes = CIFAR):
 
     python studies/emt.py
@@ -87,6 +95,16 @@ def parse_args(argv=None):
     ap.add_argument("--align", default=None,
                     help="paper preset: alignment JSON (default <data_root>/continual/align.json)")
     ap.add_argument("--world-size", default="micro", help="micro preset: world size (micro or tiny)")
+    # --- EMT of checkpoints as they are (Zhai §4.1, Fig. 4): mllmcl_ray/emt/off_the_shelf.py
+    ap.add_argument("--models", default=None,
+                    help="comma-separated hub ids or dirs of LLaVA-format checkpoints (e.g. "
+                         "llava-hf/llava-1.5-7b-hf, or a checkpoint this project saved): EMT of "
+                         "each as it is, beside its vision tower's CLIP zero-shot accuracy; "
+                         "no training")
+    ap.add_argument("--clip", action="append", default=[], metavar="[MODEL=]CLIP",
+                    help="with --models: the full CLIP checkpoint of a model's vision tower "
+                         "(default: known llava-hf models and tower shapes, models/towers.py)")
+    ap.add_argument("--judge", default=None, help="with --models: LLM judge for emt_judge")
     return ap.parse_args(argv)
 
 
@@ -119,6 +137,10 @@ def clip_meta(model: str, scale: float | None, clip: str, prompt: str) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     preset = args.preset or default_preset()
+    if args.models:  # off-the-shelf checkpoints as they are (no training)
+        from mllmcl_ray.emt.off_the_shelf import main_models
+
+        return main_models(args, preset)
     methods = [m for m in args.methods.split(",") if m]
     bad = [m for m in methods if m not in METHOD_NAMES]
     if bad or not methods:
