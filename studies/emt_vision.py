@@ -83,19 +83,30 @@ def build_configs(args) -> list[VisionStudyConfig]:
     results = str(Path(args.out) / "results")
     micro = preset == "micro"
     if micro:
-        from mllmcl_ray.study import prepare_micro
+        import json
 
-        prep = prepare_micro(Path(args.out), sizes=[], world_size=args.world_size,
-                             progress=not args.quiet, log=(lambda *_: None) if args.quiet else print)
-        world = prep.world_dir
+        from mllmcl_ray.data.micro.world import generate_world
+
+        world = Path(args.out) / f"world-{args.world_size}-s0"  # prepare_micro's world
+        generate_world(world, seed=0, size=args.world_size)
+        manifest = json.loads((world / "manifest.json").read_text())
         names = (args.sets or ",".join(MICRO_SETS)).split(",")
         sets = []
         for n in names:
-            t = prep.vl_task(n)
+            t = manifest["vl"].get(n)
+            if t is None or t.get("eval") != "classification":
+                raise ConfigError(f"micro world has no classification set {n!r}")
             sets.append(VisionSet(n, str(world / t["train"]), str(world / t["test"]),
-                                  str(world / prep.manifest["images_dir"])))
-        clip = args.clip or str(next(Path(args.out, "bases").glob(
-            f"clip-{'nano' if args.world_size == 'tiny' else 'micro'}-*")))
+                                  str(world / manifest["images_dir"])))
+        clip = args.clip
+        if "clip" in exps and not clip:  # the micro CLIP (pretrained once, cached)
+            from mllmcl_ray.study import prepare_micro
+
+            prep = prepare_micro(Path(args.out), sizes=[], world_size=args.world_size,
+                                 progress=not args.quiet,
+                                 log=(lambda *_: None) if args.quiet else print)
+            clip = str(next(Path(prep.world_dir.parent, "bases").glob(
+                f"clip-{'nano' if args.world_size == 'tiny' else 'micro'}-*")))
     else:
         if not args.data_root:
             raise ConfigError("--preset paper needs --data-root (layout: docs/data.md)")

@@ -200,7 +200,9 @@ def class_accuracy(model, x: torch.Tensor, y: torch.Tensor, classes: Sequence[in
 def _loader(x, y, idx, batch, seed, distributed):
     ds = torch.utils.data.TensorDataset(x[idx], y[idx])
     g = torch.Generator().manual_seed(seed)
-    dl = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, generator=g)
+    # a last batch of one sample would break BatchNorm in training mode: drop a ragged tail
+    dl = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, generator=g,
+                                     drop_last=len(idx) > batch)
     if distributed:
         import ray.train.torch
 
