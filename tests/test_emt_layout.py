@@ -119,6 +119,12 @@ def test_plain_transformers_answers_as_the_engine(saved, tmp_path):
     assert plain["ids"] == eng.encode_prompt(prompt, True)
     px = eng._pixels([str(img)])[0].flatten()[:4000]
     assert torch.allclose(px, torch.tensor(plain["pixels"]), atol=1e-6)
+    # ... and the pixels training saw (in-memory CLIP processor after the project letterbox)
+    from mllmcl_ray.data.images import pixel_values
+
+    trained = pixel_values(saved[0].image_processor, [str(img)])[0].flatten()[:4000]
+    assert type(saved[0].image_processor).__name__ == "CLIPImageProcessorPil"
+    assert torch.allclose(trained, torch.tensor(plain["pixels"]), atol=1e-6)
     [ans] = eng.generate([GenRequest(prompt, str(img), 8)])
     assert len(plain["tokens"]) > 0  # a real answer, not an immediate end-of-text
     assert eng.last_token_ids[0] == plain["tokens"]
