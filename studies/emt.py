@@ -105,6 +105,12 @@ def parse_args(argv=None):
                     help="with --models: the full CLIP checkpoint of a model's vision tower "
                          "(default: known llava-hf models and tower shapes, models/towers.py)")
     ap.add_argument("--judge", default=None, help="with --models: LLM judge for emt_judge")
+    ap.add_argument("--init", default=None,
+                    help="fine-tune from this instruction-tuned LLaVA-format checkpoint (EMT §5: "
+                         "the released LLaVA; a project LLaVA-recipe checkpoint or a llava-hf "
+                         "one, then also --set model.template=...) instead of aligning the "
+                         "preset's LLM: no alignment; its zero-shot EMT rows come from "
+                         "mllmcl_ray/emt/off_the_shelf.py")
     return ap.parse_args(argv)
 
 
@@ -218,6 +224,9 @@ def main(argv=None) -> int:
     base.nl_sets = []  # EMT is about the VL classifier; the NL suite is scale_pythia's
     base.eval.zero_shot = True  # EMT of the aligned MLLM before fine-tuning (task 1 rows)
     base.tasks = epoch_tasks(trains[train_sets[0]], [evals[s] for s in sets], args.epochs)
+    if args.init:  # issue 10 item 6b: start from an instruction-tuned MLLM, not an aligned one
+        base.model.init = args.init
+        base.align = []
     base = apply_cli_overrides(base, args)
     base.name = STUDY
     space = {"method": method_configs(methods, rank), "seed": seeds}
@@ -247,6 +256,12 @@ def main(argv=None) -> int:
                                 clip_meta(model, base.model.scale, clip, prompt), prompt=prompt,
                                 seed=base.eval.seed,
                                 device="cuda" if torch.cuda.is_available() else "cpu")
+    if args.init:  # the starting checkpoint's EMT rows (trained task 1), as Fig. 4's
+        from mllmcl_ray.emt.off_the_shelf import OffTheShelfConfig, evaluate_models
+
+        evaluate_models(OffTheShelfConfig(models=[args.init], sets=[evals[s] for s in sets],
+                                          results=str(results_dir(base)), clip={args.init: clip},
+                                          no_clip=True, seed=base.eval.seed))
     # --- align → zero-shot EMT → epochs, EMT after each ----------------------------------
     for study, cfg in plans:
         run_study(cfg, space, study=study, use_tune=not args.no_tune,

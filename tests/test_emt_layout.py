@@ -129,3 +129,30 @@ def test_plain_transformers_answers_as_the_engine(saved, tmp_path):
     assert len(plain["tokens"]) > 0  # a real answer, not an immediate end-of-text
     assert eng.last_token_ids[0] == plain["tokens"]
     assert ans == plain["answer"]
+
+
+def test_spec_init_starts_from_a_saved_checkpoint(saved, tmp_path):
+    """ModelSpec.init (EMT starts from an instruction-tuned MLLM, issue 10 item 6b): the
+    project checkpoint's weights and template, or an off-the-shelf llava-hf checkpoint
+    prompted with spec.template; projector + LLM trainable, tower frozen."""
+    import dataclasses
+
+    import torch
+
+    from mllmcl_ray.config import ModelSpec
+    from mllmcl_ray.models.build import build_mllm, parts
+    from test_emt_off_the_shelf import make_llava_hf
+
+    mllm, ckpt, _ = saved
+    m = build_mllm(dataclasses.replace(mllm.spec, init=str(ckpt)))
+    for (k, a), b in zip(mllm.model.state_dict().items(), m.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert m.template.name == "micro"
+    p = parts(m.model)
+    assert not any(x.requires_grad for x in p["vision_tower"].parameters())
+    assert all(x.requires_grad for x in p["projector"].parameters())
+    assert all(x.requires_grad for x in p["language_model"].parameters())
+    hf_dir, _ = make_llava_hf(tmp_path)
+    h = build_mllm(ModelSpec(name="hf", family="llama", init=str(hf_dir), template="vicuna_v1"))
+    assert h.template.name == "vicuna_v1" and h.processor is not None
+    assert h.n_image_tokens == 16

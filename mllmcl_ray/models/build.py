@@ -185,7 +185,11 @@ def llava_processor(mllm: MLLM):
 
 
 def build_mllm(spec: ModelSpec, tokenizer=None) -> MLLM:
-    """Assemble an MLLM from a spec: LM + CLIP tower + fresh projector, tower frozen."""
+    """Assemble an MLLM from a spec: LM + CLIP tower + fresh projector, tower frozen; or,
+    with ``spec.init``, open that LLaVA-format checkpoint (a project checkpoint with its
+    template, or an off-the-shelf one prompted with ``spec.template``)."""
+    if spec.init:
+        return _init_mllm(spec)
     get_family(spec.family)  # fail early on an unknown family
     if spec.dtype not in _DTYPES:
         raise ConfigError(f"model.dtype {spec.dtype!r} must be one of {sorted(_DTYPES)}")
@@ -225,6 +229,19 @@ def build_mllm(spec: ModelSpec, tokenizer=None) -> MLLM:
     model.eval()
     image_processor = make_image_processor(vision.config.image_size, spec.vision)
     return MLLM(model, tokenizer, image_processor, get_template(spec.template), spec)
+
+
+def _init_mllm(spec: ModelSpec) -> MLLM:
+    path = Path(spec.init)
+    if (path / META_FILE).exists():
+        m = load_mllm(path, spec)
+    else:
+        m = load_hf_llava(spec.init, dtype=spec.dtype, trust_remote_code=spec.trust_remote_code)
+        m.template = get_template(spec.template)
+        m.tokenizer = ensure_special_tokens(m.tokenizer)
+        m.spec = spec
+    set_trainable(m.model, "projector+llm")
+    return m
 
 
 # ---------------------------------------------------------------------------------------
