@@ -80,7 +80,10 @@ def evaluate_models(cfg: OffTheShelfConfig, log=print) -> list[dict]:
     from ..models.towers import tower_name
     from ..results import PredictionStore, ResultStore
 
+    from ..eval.engine.base import engine_factory
+
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    judge_factory = engine_factory("transformers", batch_size=cfg.batch_size, device=device)
     store = ResultStore(cfg.results)
     preds = PredictionStore(cfg.results)
     summary = []
@@ -96,7 +99,10 @@ def evaluate_models(cfg: OffTheShelfConfig, log=print) -> list[dict]:
         tower = tower_name(vcfg)
         clip = engine.clip_source
         meta = run_meta(model, tower, clip, llm_parameter_count(engine.model))
-        ev = Evaluator(lambda _m, e=engine: e, store, preds,
+        def factory(m, e=engine, model=model):  # this model's engine; a judge gets its own
+            return e if str(m) == str(model) else judge_factory(m)
+
+        ev = Evaluator(factory, store, preds,
                        EvalConfig(nl=False, vl=False, judge=cfg.judge, seed=cfg.seed,
                                   batch_size=cfg.batch_size))
         log(f"[{STUDY}] {model}: tower {tower}, CLIP {clip or 'unknown (no CLIP row, no nearest)'}")
