@@ -97,6 +97,9 @@ def test_llava_hf_checkpoint_through_emt_study(tmp_path):
     for ds in ("digits", "shapes"):
         assert {(ds, "emt_exact"), (ds, "emt_nearest"), (ds, "emt_exact_extrinsic")} <= got
     assert set(emt.trained_task) == {"zero_shot"} and (emt.n == 4).all()
+    # the nearest-label decider embeds with the tower's own CLIP text model (EMT §7 (1))
+    near = emt[emt.metric == "emt_nearest"]
+    assert {json.loads(d)["embedder"] for d in near.decoding} == {f"clip-text:{clip_dir}"}
     assert set(emt.model) == {str(llava_dir)}
     assert json.loads(emt.method_params.iloc[0])["vision_tower"] == "clip-h32-l2-32px-p8"
     # the prompt is the checkpoint's own chat template, EMT's noun per dataset, no brackets
