@@ -95,6 +95,7 @@ PLAIN = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_plain_transformers_answers_as_the_engine(saved, tmp_path):
     """AutoProcessor + apply_chat_template + AutoModelForImageTextToText.generate in a
     fresh interpreter (no project import) gives the engine's prompt, input ids, pixels
