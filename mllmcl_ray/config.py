@@ -65,6 +65,7 @@ class ModelSpec:
     dtype: str = "float32"  # weights dtype when loading: float32, bfloat16, float16
     max_seq_len: int = 2048  # longest tokenised sample; longer ones are truncated
     scale: float | None = None  # LLM parameter count for scale rules/reports; None: counted
+    init: str | None = None  # LLaVA-format MLLM checkpoint dir/hub id to start from (EMT: instruction-tuned LLaVA); None: llm + vision + fresh projector
 
     def __post_init__(self):
         _one_of(self, "dtype", ("float32", "bfloat16", "float16"))

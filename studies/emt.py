@@ -2,15 +2,21 @@
 
     ray job submit --working-dir . -- python studies/emt.py --preset paper --data-root /data
     python studies/emt.py --train-set shapes --epochs 2     # micro (digits ~ MNIST, shapes ~ CIFAR)
+    python studies/emt.py --models llava-hf/llava-1.5-7b-hf,DIR --preset paper --data-root /data
 
 1. CLIP zero-shot: the vision tower's own accuracy on every classification set (metric
    ``clip_zero_shot``, trained_task_index 1; ``--clip-prompt``; ``--no-clip`` skips it).
-2. Per method (``--methods linear,lora``) and seed: alignment, EMT of the aligned MLLM on
-   every set (trained_task_index 1, "zero_shot"), then ``--epochs`` epochs on ``--train-set``
-   as tasks ``epoch-1`` … ``epoch-N`` (trained task index 2 … N+1, EMT on every set after
-   each; the lr schedule restarts each epoch, LoRA merges after each). Paper data:
-   <data_root>/emt/<set>/{train,test}.json; several --train-set values are one study each
-   (emt-<set>). Details: docs/studies.md; report: OUT/emt-report.html.
+2. Per method (``--methods linear,lora``) and seed: the starting MLLM (alignment of the
+   preset's LLM, or ``--init`` an instruction-tuned LLaVA-format checkpoint, EMT §5), EMT
+   of it on every set (trained_task_index 1), then ``--epochs`` epochs of fine-tuning on
+   ``--train-set`` as ONE task (one lr schedule, one optimizer, one adapter) evaluated on
+   every set after each epoch (``TaskSpec.eval_every_epoch``: rows carry ``epoch``).
+   Paper data: <data_root>/emt/<set>/{train,test}.json; several --train-set values are one
+   study each (emt-<set>).
+3. ``--models A,B``: EMT of LLaVA-format checkpoints as they are (§4.1, Fig. 4; hub ids or
+   dirs with their own processor and chat template; no training) beside the CLIP zero-shot
+   accuracy of each one's vision tower (mllmcl_ray/emt/off_the_shelf.py).
+Details: docs/studies.md; report: OUT/emt-report.html. §3 (vision encoders): studies/emt_vision.py.
 """
 import copy
 import hashlib
@@ -30,10 +36,10 @@ REPRODUCTIONS = (
 )
 
 
-def epoch_tasks(train: DataSource, sets: list[EvalSet], epochs: int) -> list[TaskSpec]:
-    """The training set repeated, one epoch per task; every set evaluated after each."""
-    return [TaskSpec(name=f"epoch-{e}", train=[copy.deepcopy(train)], eval=list(sets) if e == 1 else [])
-            for e in range(1, epochs + 1)]
+def finetune_task(train: DataSource, sets: list[EvalSet]) -> TaskSpec:
+    """The training set as one task evaluated on every set after each of its epochs."""
+    return TaskSpec(name="finetune", train=[copy.deepcopy(train)], eval=list(sets),
+                    eval_every_epoch=True)
 
 
 def base(ctx):
@@ -49,8 +55,11 @@ def base(ctx):
         cfg.align = [ctx.preset.data(ctx.args.align)]
     cfg.nl_sets = []  # EMT is about the VL classifier; the NL suite is scale_pythia's
     cfg.eval.zero_shot = True  # EMT of the aligned MLLM before fine-tuning (task 1 rows)
+    cfg.stages.finetune.epochs = float(ctx.args.epochs)
     train = ctx.list("train_set", sets)[0]
-    cfg.tasks = epoch_tasks(tasks[train].train[0], [t.eval[0] for t in tasks.values()], ctx.args.epochs)
+    cfg.tasks = [finetune_task(tasks[train].train[0], [t.eval[0] for t in tasks.values()])]
+    if ctx.args.init:  # EMT §5 starts from an instruction-tuned MLLM: no alignment
+        cfg.model.init, cfg.align = ctx.args.init, []
     return cfg
 
 
@@ -81,7 +90,16 @@ def clip_meta(model: str, scale: float | None, clip: str, prompt: str) -> dict:
 
 
 def clip_zero_shot(ctx, plans):
-    """The vision tower's own zero-shot accuracy on every set (before any run)."""
+    """The vision tower's own zero-shot accuracy on every set (before any run); with
+    --init, the starting checkpoint's own EMT rows (trained task 1), as Fig. 4's."""
+    cfg = plans[0].base
+    if ctx.args.init:
+        from mllmcl_ray.emt.off_the_shelf import OffTheShelfConfig, evaluate_models
+
+        evaluate_models(OffTheShelfConfig(models=[ctx.args.init], sets=cfg.tasks[0].eval,
+                                          results=str(ctx.out / "results"),
+                                          clip={ctx.args.init: cfg.model.vision}, no_clip=True,
+                                          seed=cfg.eval.seed))
     if ctx.args.no_clip:
         return
     import torch
@@ -89,7 +107,6 @@ def clip_zero_shot(ctx, plans):
     from mllmcl_ray.eval.clip_zero_shot import evaluate_clip_zero_shot
     from mllmcl_ray.results import ResultStore
 
-    cfg = plans[0].base
     evaluate_clip_zero_shot(cfg.model.vision, cfg.tasks[0].eval, ResultStore(ctx.out / "results"),
                             clip_meta(cfg.model.name, cfg.model.scale, cfg.model.vision, ctx.args.clip_prompt),
                             prompt=ctx.args.clip_prompt, seed=cfg.eval.seed,
@@ -109,7 +126,31 @@ SPEC = StudySpec(
           Arg("--clip-prompt", "CLIP zero-shot prompt with {label}",
               default=PerPreset("a {label}", "a photo of a {label}")),
           Arg("--no-clip", "skip the CLIP zero-shot rows", flag_only=True),
-          Arg("--align", "paper preset: alignment JSON under the data root (default continual/align.json)")))
+          Arg("--align", "paper preset: alignment JSON under the data root (default continual/align.json)"),
+          Arg("--init", "fine-tune from this instruction-tuned LLaVA-format checkpoint (EMT §5; a project "
+                        "LLaVA-recipe checkpoint, or a llava-hf one with --set model.template=...): no alignment"),
+          Arg("--models", "EMT of these LLaVA-format checkpoints as they are (hub ids or dirs, "
+                          "comma-separated; no training) beside their towers' CLIP zero-shot accuracy"),
+          Arg("--clip", "with --models: [MODEL=]CLIP checkpoint of a model's vision tower, comma-separated "
+                        "(default: known llava-hf models and tower shapes, models/towers.py)"),
+          Arg("--judge", "with --models: LLM judge (dir or hub id) for emt_judge")))
+
+
+def main(argv=None) -> int:
+    """`--models`: off-the-shelf checkpoints as they are; otherwise the fine-tuning study."""
+    from mllmcl_ray.errors import main_guard
+    from mllmcl_ray.presets import default_preset
+    from mllmcl_ray.study.cli import build_parser
+
+    args = build_parser(SPEC).parse_args(argv)
+    if not args.models:
+        return SPEC.main(argv)
+    from mllmcl_ray.emt.off_the_shelf import main_models
+
+    args.clip = [c for c in (args.clip or "").split(",") if c]
+    return main_guard(lambda: main_models(args, args.preset or default_preset()), prog=SPEC.name,
+                      debug=args.debug)
+
 
 if __name__ == "__main__":
-    sys.exit(SPEC.main())
+    sys.exit(main())

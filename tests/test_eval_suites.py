@@ -325,8 +325,10 @@ def test_emt_decisions(tmp_path):
     # bag-of-letters nearest: "a trianglee shape" is nearest "triangle"
     assert res.predictions[2]["emt_nearest"] == "correct"
     assert res.decoding["judge"] == "scripted-judge"
+    # EMT's prompt: labels without brackets (the paper's example), noun per dataset
     assert emt_prompt(["a", "b"]) == ("What is the object in the image? Please only answer a "
-                                      "single object in [a, b].")
+                                      "single object in a, b.")
+    assert "single object in circle, square, triangle." in res.predictions[0]["prompt"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -419,8 +421,9 @@ def test_evaluator_writes_all_columns_and_rerun_writes_none(world, tmp_path):
     assert {("nl", "lambada", "accuracy"), ("nl", "arc_easy", "accuracy"),
             ("nl", "winogrande", "accuracy"), ("vqa", "vqa", "accuracy"),
             ("vqa", "vqa", "judge_score"), ("vqa", "refcoco", "accuracy"),
-            ("cls", "emt_shapes", "emt_exact"), ("cls", "emt_shapes", "emt_nearest"),
-            ("cls", "emt_shapes", "emt_judge")} <= got
+            ("cls", "emt_shapes", "emt_exact"), ("cls", "emt_shapes", "emt_judge")} <= got
+    # the random vision tower has no CLIP text tower: no nearest-label decision
+    assert ("cls", "emt_shapes", "emt_nearest") not in got
     nl_rows = df[df.eval_task == "nl"]
     assert set(nl_rows.eval_task_index) == {1} and set(nl_rows.split) == {"nlg", "nlu"}
     assert (nl_rows.n == 2).all()

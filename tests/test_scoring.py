@@ -276,10 +276,16 @@ def test_emt_examples_from_zhai():
     assert S.emt_exact("The object is an airplane.", CIFAR10, "airplane") == S.EMT_CORRECT
     # §5.2 CIFAR-100-tuned model on CIFAR-10: "butterfly" names no CIFAR-10 label
     assert S.emt_exact("The object is a(n) butterfly.", CIFAR10, "airplane") == S.EMT_EXTRINSIC
-    # §5.2 MNIST-tuned model: "The airplane is 8." names exactly one CIFAR-10 label
-    # (the trailing "8" is not in the label set), so the name rule counts it correct;
-    # the paper calls the "8" a hallucination: a limit of name matching it discusses in §7.
-    assert S.emt_exact("The airplane is 8.", CIFAR10, "airplane") == S.EMT_CORRECT
+    # §5.2 MNIST-tuned model: "The airplane is 8." names exactly one CIFAR-10 label and
+    # claims "8" besides (not answer framing): extrinsic hallucination, never correct
+    assert S.emt_exact("The airplane is 8.", CIFAR10, "airplane") == S.EMT_EXTRINSIC
+    assert S.emt_extra_words("The airplane is 8.", CIFAR10) == ["8"]
+    # one label + unrelated claims, right or wrong label: extrinsic
+    assert S.emt_exact("It is a dog, it has fur", CIFAR10, "dog") == S.EMT_EXTRINSIC
+    assert S.emt_exact("It is a dog, it has fur", CIFAR10, "cat") == S.EMT_EXTRINSIC
+    # framing words only ("It's", "a(n)", "the object in the image is") stay decidable
+    assert S.emt_exact("It's a cat", CIFAR10, "cat") == S.EMT_CORRECT
+    assert S.emt_exact("The object in the image is a(n) ship.", CIFAR10, "cat") == S.EMT_WRONG
 
 
 def test_emt_word_boundaries_and_case():

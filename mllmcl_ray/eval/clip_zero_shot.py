@@ -54,6 +54,16 @@ def load_clip(clip_dir: str, device: str = "cpu"):
 
     from ..models.build import make_image_processor
 
+    from transformers import AutoConfig
+
+    try:
+        model_type = AutoConfig.from_pretrained(clip_dir).model_type
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"CLIP {clip_dir!r} is not a local directory or an available "
+                                f"hub id: {e}") from e
+    if model_type != "clip":
+        raise FileNotFoundError(f"CLIP {clip_dir!r} is a {model_type!r} checkpoint, not a full "
+                                "CLIPModel with its text tower")
     try:
         model = CLIPModel.from_pretrained(clip_dir).to(device).eval()
     except (OSError, ValueError) as e:
@@ -138,6 +148,49 @@ def clip_zero_shot(clip_dir_or_model: Any, records: Sequence[dict], labels: Sequ
     n = len(records)
     acc = float(np.mean([p == t for p, t in zip(preds, targets)])) if n else float("nan")
     return ClipZeroShot(acc, n, labels, preds, targets)
+
+
+@dataclass
+class ClipTextEmbedder:
+    """EMT §7 (1)'s sentence embedding: ``texts -> (N, D)`` L2-normalised CLIP text
+    features (the projection CLIP's zero-shot classification compares images with;
+    normalised, so ``argmin ||e_i - e(y)||`` is the cosine-nearest label). Underscores
+    become spaces ("aquarium_fish" -> "aquarium fish"), as in EMT's label texts."""
+
+    clip: str
+    model: Any
+    tokenizer: Any
+    device: str = "cpu"
+
+    @property
+    def name(self) -> str:
+        return f"clip-text:{self.clip}"
+
+    @torch.no_grad()
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        texts = [str(t).replace("_", " ") for t in texts]
+        tcfg = self.model.config.text_config
+        eos = getattr(tcfg, "eos_token_id", None)
+        if eos is None:
+            eos = getattr(self.tokenizer, "eos_token_id", None)
+        ids, mask = text_batch(self.tokenizer, texts,
+                               int(getattr(tcfg, "max_position_embeddings", 77)), eos,
+                               getattr(self.tokenizer, "pad_token_id", None))
+        out = _pooled(self.model.get_text_features(input_ids=ids.to(self.device),
+                                                   attention_mask=mask.to(self.device)))
+        return F.normalize(out.float(), dim=-1).cpu().numpy()
+
+
+_EMBEDDERS: dict[tuple[str, str], ClipTextEmbedder] = {}
+
+
+def clip_text_embedder(clip: str, device: str = "cpu") -> ClipTextEmbedder:
+    """The (cached) CLIP text embedder of a full CLIP checkpoint (hub id or dir)."""
+    key = (str(clip), device)
+    if key not in _EMBEDDERS:
+        model, tok, _ = load_clip(str(clip), device)
+        _EMBEDDERS[key] = ClipTextEmbedder(str(clip), model, tok, device)
+    return _EMBEDDERS[key]
 
 
 def clip_zero_shot_accuracy(clip_dir_or_model: Any, records: Sequence[dict],

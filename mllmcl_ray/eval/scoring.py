@@ -632,12 +632,39 @@ def emt_label_mentions(output: str, labels: Sequence[str]) -> list[str]:
     return [lab for lab in labels if lab in named]
 
 
-def emt_exact(output: str, labels: Sequence[str], truth: str) -> str:
-    """EMT decision by label names (Zhai §7 (2), failure modes of §4.2).
+# Words that frame an answer to EMT's prompt without claiming anything: the prompt's own
+# words, articles, pronouns and the copula ("The object in the image is an airplane.",
+# "The number is 8", "a(n) butterfly"). Any other word beside the named label is content
+# that cannot be verified against the label set: extrinsic hallucination.
+EMT_FRAME_WORDS = frozenset("""
+a an the a(n) this that it its it's is was be there here
+object number digit image picture photo in of shown answer class label single
+""".split())
+_WORD = re.compile(r"a\(n\)|[A-Za-z0-9]+(?:'[A-Za-z]+)?")
 
-    * names no label → ``"extrinsic"`` (output unverifiable against the label set)
-    * names several labels → ``"intrinsic"`` (e.g. LENS listing all CIFAR-10 classes)
-    * names exactly the true label → ``"correct"``; exactly one other → ``"wrong"``.
+
+def emt_extra_words(output: str, labels: Sequence[str]) -> list[str]:
+    """Words of ``output`` outside every label mention and outside `EMT_FRAME_WORDS`
+    (case-insensitive): what the answer claims besides naming labels."""
+    text = str(output)
+    for lab in labels:
+        text = _label_pattern(lab).sub(" ", text)
+    return [w for w in _WORD.findall(text) if w.lower() not in EMT_FRAME_WORDS]
+
+
+def emt_exact(output: str, labels: Sequence[str], truth: str) -> str:
+    """EMT decision by label names (Zhai §7 (2)) into the failure modes of §4.2, with
+    Ji et al.'s definitions that §4.2 adopts (docs/studies.md has the decision table):
+
+    * names several labels → ``"intrinsic"``: the output contradicts the source (the
+      prompt asks for a single label; e.g. LENS listing the CIFAR-10 classes);
+    * names no label → ``"extrinsic"``: no verifiable connection to the label set
+      (e.g. "a picture of a fish in a tank" for aquarium_fish);
+    * names exactly one label and claims more (a word beside it that is not answer
+      framing, `emt_extra_words`) → ``"extrinsic"``: unverifiable extra content
+      (e.g. "The airplane is 8." from the MNIST-tuned model, §5.2) — never silently correct;
+    * names exactly one label and nothing else → ``"correct"`` if it is the true label,
+      else ``"wrong"`` (an incorrect prediction, e.g. "The number in the image is 8").
     """
     if truth not in labels:
         raise ValueError(f"true label {truth!r} is not in the label set")
@@ -646,6 +673,8 @@ def emt_exact(output: str, labels: Sequence[str], truth: str) -> str:
         return EMT_EXTRINSIC
     if len(named) > 1:
         return EMT_INTRINSIC
+    if emt_extra_words(output, labels):
+        return EMT_EXTRINSIC
     return EMT_CORRECT if named[0] == truth else EMT_WRONG
 
 

@@ -5,9 +5,16 @@ frozen; penultimate-layer patch features without CLS), the 2-layer GELU MLP proj
 (`multi_modal_projector`: linear -> GELU -> linear), and any causal LM. Nothing here is a
 hand-written transformer: the LM and the tower are loaded with `from_pretrained` (hub id
 or local dir) or built from a config (tests, the micro preset), then placed into the LLaVA
-container. Checkpoints are `save_pretrained` directories (safetensors) that open with
-`LlavaForConditionalGeneration.from_pretrained`, beside the tokenizer, the image
-processor and `mllmcl.json` (template, spec).
+container. Checkpoints are `save_pretrained` directories (safetensors) in exactly the
+llava-hf layout: the model, and a `LlavaProcessor` (tokenizer, a `LlavaImageProcessorPil`
+with ``do_pad=True`` — LLaVA-1.5's letterbox with the CLIP mean colour, the same pixels
+as `data.images.pixel_values` —, ``patch_size``, ``num_additional_image_tokens=1``,
+``vision_feature_select_strategy`` and the project's conversation template as a Jinja
+chat template, models/chat_template.py), beside `mllmcl.json` (template, spec). A plain
+transformers user prompts a saved checkpoint with ``AutoProcessor`` +
+``apply_chat_template`` + ``AutoModelForImageTextToText.generate`` and gets the project
+engine's answer (tests/test_emt_layout.py). `load_hf_llava` opens any llava-hf
+checkpoint (hub id or dir) with its own processor and chat template.
 """
 from __future__ import annotations
 
@@ -43,13 +50,17 @@ class MLLM:
     model: Any  # LlavaForConditionalGeneration (possibly wrapped by a CL method, e.g. peft)
     tokenizer: Any  # PreTrainedTokenizerFast with the image token
     image_processor: Any  # CLIP image processor
-    template: ConversationTemplate
+    template: ConversationTemplate | None  # None: an off-the-shelf model (its chat template)
     spec: ModelSpec
+    processor: Any = None  # the checkpoint's LlavaProcessor (None: built in memory)
 
     @property
     def n_image_tokens(self) -> int:
-        vc = self.llava_config.vision_config
-        return (vc.image_size // vc.patch_size) ** 2
+        """Image tokens per image: patches, plus the CLS token under the "full" strategy."""
+        cfg = self.llava_config
+        vc = cfg.vision_config
+        full = getattr(cfg, "vision_feature_select_strategy", "default") == "full"
+        return (vc.image_size // vc.patch_size) ** 2 + int(full)
 
     @property
     def llava_config(self) -> LlavaConfig:
@@ -147,8 +158,38 @@ def make_image_processor(image_size: int, source: str | None = None):
                                  crop_size={"height": image_size, "width": image_size})
 
 
+def llava_image_processor(image_processor):
+    """A `LlavaImageProcessorPil` with the settings of a CLIP image processor and
+    ``do_pad=True`` (LLaVA-1.5's pad-to-square with the CLIP mean colour before resizing)."""
+    from transformers import LlavaImageProcessorPil
+
+    keys = ("size", "crop_size", "resample", "image_mean", "image_std", "do_resize",
+            "do_center_crop", "do_rescale", "rescale_factor", "do_normalize", "do_convert_rgb")
+    d = {k: getattr(image_processor, k) for k in keys if getattr(image_processor, k, None) is not None}
+    return LlavaImageProcessorPil(do_pad=True, **d)
+
+
+def llava_processor(mllm: MLLM):
+    """The llava-hf `LlavaProcessor` of a project MLLM (see the module doc)."""
+    from transformers import LlavaProcessor
+
+    from .chat_template import jinja_chat_template
+    from .templates import IMAGE_PLACEHOLDER
+
+    cfg = mllm.llava_config
+    return LlavaProcessor(image_processor=llava_image_processor(mllm.image_processor),
+                          tokenizer=mllm.tokenizer, patch_size=cfg.vision_config.patch_size,
+                          vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+                          image_token=IMAGE_PLACEHOLDER, num_additional_image_tokens=1,
+                          chat_template=jinja_chat_template(mllm.template))
+
+
 def build_mllm(spec: ModelSpec, tokenizer=None) -> MLLM:
-    """Assemble an MLLM from a spec: LM + CLIP tower + fresh projector, tower frozen."""
+    """Assemble an MLLM from a spec: LM + CLIP tower + fresh projector, tower frozen; or,
+    with ``spec.init``, open that LLaVA-format checkpoint (a project checkpoint with its
+    template, or an off-the-shelf one prompted with ``spec.template``)."""
+    if spec.init:
+        return _init_mllm(spec)
     get_family(spec.family)  # fail early on an unknown family
     if spec.dtype not in _DTYPES:
         raise ConfigError(f"model.dtype {spec.dtype!r} must be one of {sorted(_DTYPES)}")
@@ -190,6 +231,19 @@ def build_mllm(spec: ModelSpec, tokenizer=None) -> MLLM:
     return MLLM(model, tokenizer, image_processor, get_template(spec.template), spec)
 
 
+def _init_mllm(spec: ModelSpec) -> MLLM:
+    path = Path(spec.init)
+    if (path / META_FILE).exists():
+        m = load_mllm(path, spec)
+    else:
+        m = load_hf_llava(spec.init, dtype=spec.dtype, trust_remote_code=spec.trust_remote_code)
+        m.template = get_template(spec.template)
+        m.tokenizer = ensure_special_tokens(m.tokenizer)
+        m.spec = spec
+    set_trainable(m.model, "projector+llm")
+    return m
+
+
 # ---------------------------------------------------------------------------------------
 # freezing
 # ---------------------------------------------------------------------------------------
@@ -217,13 +271,16 @@ def set_trainable(model, what: str) -> None:
 # ---------------------------------------------------------------------------------------
 def save_mllm(mllm: MLLM, path: str | Path, state_dict: dict | None = None,
               extra_meta: dict | None = None) -> Path:
-    """Write an HF-format checkpoint dir (safetensors) + tokenizer + image processor."""
+    """Write a llava-hf-layout checkpoint dir: model (safetensors) + LlavaProcessor
+    (tokenizer, padded CLIP image processor, image-token settings, Jinja chat template)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model = unwrap(mllm.model)
     model.save_pretrained(str(path), state_dict=state_dict, safe_serialization=True)
-    mllm.tokenizer.save_pretrained(str(path))
-    mllm.image_processor.save_pretrained(str(path))
+    if mllm.template is not None:
+        llava_processor(mllm).save_pretrained(str(path))
+    else:  # an off-the-shelf model: keep its own processor
+        (mllm.processor or mllm.tokenizer).save_pretrained(str(path))
     meta = {"template": mllm.template.name, "spec": dataclasses.asdict(mllm.spec)}
     meta.update(extra_meta or {})
     (path / META_FILE).write_text(json.dumps(meta, indent=1, default=str))
@@ -242,9 +299,58 @@ def load_mllm(path: str | Path, spec: ModelSpec | None = None) -> MLLM:
     _restore_lm_head_bias(model, path)
     model.eval()
     tok = ensure_special_tokens(load_tokenizer(str(path)))
-    proc = make_image_processor(model.config.vision_config.image_size, str(path))
+    processor = None
+    if (path / "processor_config.json").exists():
+        from transformers import AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(str(path))
+        proc = processor.image_processor
+    else:  # a checkpoint saved before the llava-hf layout
+        proc = make_image_processor(model.config.vision_config.image_size, str(path))
     template = get_template(meta.get("template", spec.template))
-    return MLLM(model, tok, proc, template, spec)
+    return MLLM(model, tok, proc, template, spec, processor)
+
+
+def load_hf_llava(source: str, *, dtype: str | None = None,
+                  trust_remote_code: bool = False) -> MLLM:
+    """An off-the-shelf HF LLaVA-format checkpoint (hub id or dir, e.g.
+    ``llava-hf/llava-1.5-7b-hf``) with its own processor, image preprocessing and chat
+    template (``MLLM.template`` is None). Offline: from_pretrained honours HF_HUB_OFFLINE."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    kw = {"dtype": _DTYPES[dtype]} if dtype else {}
+    try:
+        processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+        model = AutoModelForImageTextToText.from_pretrained(
+            source, trust_remote_code=trust_remote_code, **kw)
+    except OSError as e:
+        raise FileNotFoundError(
+            f"{source!r} is neither a local llava-hf checkpoint dir nor a hub id available "
+            f"offline (download it with `hf download {source}` and pass the dir). Cause: {e}"
+        ) from e
+    if not isinstance(model, LlavaForConditionalGeneration):
+        raise ConfigError(f"{source!r} is a {type(model).__name__}, not a LLaVA-format "
+                          "(LlavaForConditionalGeneration) checkpoint")
+    if not getattr(processor, "chat_template", None):
+        raise ConfigError(f"{source!r} has no chat template in its processor; EMT prompts "
+                          "an off-the-shelf model only in its own chat format")
+    model.eval()
+    tok = processor.tokenizer
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    spec = ModelSpec(name=str(source), family=family_for_model_type(
+        model.config.text_config.model_type).name if _known_family(model) else "llama",
+        vision=None, template="")
+    return MLLM(model, tok, processor.image_processor, None, spec, processor)
+
+
+def _known_family(model) -> bool:
+    try:
+        family_for_model_type(model.config.text_config.model_type)
+        return True
+    except ValueError:
+        return False
 
 
 def _restore_lm_head_bias(model, path: Path) -> None:

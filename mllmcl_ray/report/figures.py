@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 ID_COLUMNS = ("study", "model", "scale", "method", "method_params")
-EMT_METRICS = ("emt_exact", "emt_embed", "emt_judge")
+EMT_METRICS = ("emt_exact", "emt_nearest", "emt_judge")  # what suites/emt.py writes
 CLIP_METRIC = "clip_zero_shot"
 NL_TASK = "nl"
 PALETTE = qualitative.Plotly + qualitative.D3
@@ -590,14 +590,20 @@ def _has_epochs(sub: pd.DataFrame) -> bool:
 
 
 def _stage(sub: pd.DataFrame) -> pd.Series:
-    """x position of a row: its ``epoch`` column where present, else trained_task_index."""
+    """x position of a row. With rows scored inside a task (`eval_every_epoch`): epoch e
+    for the rows after epoch e, E (the task's last epoch, one past the largest stored e)
+    for its end-of-task rows (epoch 0, trained task ≥ 2), 0 for the rows before any
+    fine-tuning (trained task 1: zero-shot). Otherwise the trained_task_index."""
     if _has_epochs(sub):
-        return sub["epoch"].astype(float)
+        epoch = sub["epoch"].fillna(0).astype(float)
+        trained = sub["trained_task_index"].astype(float)
+        last = epoch.groupby(sub["run_id"]).transform("max") + 1
+        return epoch.where(epoch > 0, last.where(trained >= 2, 0.0))
     return sub["trained_task_index"].astype(float)
 
 
 def fig_emt(df: pd.DataFrame) -> go.Figure | None:
-    """Zhai et al. Fig. 4–7: EMT accuracy (split ``emt``; metrics emt_exact / emt_embed /
+    """Zhai et al. Fig. 4–7: EMT accuracy (split ``emt``; metrics emt_exact / emt_nearest /
     emt_judge) per dataset (one facet each) and per epoch / trained task (x), one line
     per (config, EMT metric), against the vision tower's zero-shot CLIP accuracy
     (metric ``clip_zero_shot``; dashed line per model, flat where it was measured once)."""
@@ -750,5 +756,220 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("emt", fig_emt, "EMT vs CLIP zero-shot",
                "Zhai et al. Fig. 4–7: EMT classification accuracy of the MLLM per dataset and per epoch / "
                "trained task, against the zero-shot CLIP accuracy of its vision tower (dashed).",
-               "rows with split 'emt' and metric emt_exact / emt_embed / emt_judge (and clip_zero_shot)"),
+               "rows with split 'emt' and metric emt_exact / emt_nearest / emt_judge (and clip_zero_shot)"),
+)
+
+
+# ======================================================================================
+# Zhai et al. EMT beyond fine-tuning: Fig. 4 (off-the-shelf MLLMs vs their towers),
+# §3 (vision-encoder forgetting, Fig. 2 / Fig. 3) and §5 per epoch with failure modes
+# ======================================================================================
+EMT_FAILURES = ("correct", "wrong", "intrinsic", "extrinsic")
+EMT_FAILURE_COLORS = {"correct": "#2ca02c", "wrong": "#7f7f7f", "intrinsic": "#d62728",
+                      "extrinsic": "#ff7f0e"}
+
+
+def _json_field(raw, key: str):
+    try:
+        return json.loads(raw).get(key)
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def fig_emt_models(df: pd.DataFrame) -> go.Figure | None:
+    """Zhai et al. Fig. 4: EMT accuracy (emt_exact) of off-the-shelf MLLMs (method
+    ``off_the_shelf``) per dataset, beside the zero-shot CLIP accuracy of their vision
+    tower, one facet per vision encoder (``method_params.vision_tower``)."""
+    if df is None or df.empty or "method" not in df.columns:
+        return None
+    emt = df[(df["method"] == "off_the_shelf") & (df["metric"] == "emt_exact")]
+    if emt.empty:
+        return None
+    emt = emt.assign(tower=[_json_field(p, "vision_tower") or "?" for p in emt["method_params"]])
+    clip = df[(df["metric"] == CLIP_METRIC) & (df["method"] == "clip_zero_shot")]
+    clip = clip.assign(tower=[_json_field(p, "vision_tower") for p in clip["method_params"]])
+    towers = sorted(emt["tower"].unique())
+    fig = make_subplots(rows=1, cols=len(towers), subplot_titles=towers, shared_yaxes=True)
+    colors = _colors(sorted(emt["model"].astype(str).unique()))
+    shown: set = set()
+    for ci, tower in enumerate(towers, start=1):
+        sub = emt[emt["tower"] == tower]
+        datasets = sorted(sub["dataset"].astype(str).unique())
+        for model, g in sub.groupby("model", sort=True):
+            v = g.groupby("dataset")["value"].mean()
+            name = str(model)
+            fig.add_trace(go.Bar(x=datasets, y=_pct([v.get(d, math.nan) for d in datasets]), name=name,
+                                 legendgroup=name, showlegend=name not in shown,
+                                 marker_color=colors.get(name),
+                                 meta={"kind": "emt", "model": name, "tower": tower}), row=1, col=ci)
+            shown.add(name)
+        c = clip[clip["tower"] == tower].groupby("dataset")["value"].mean()
+        if len(c):
+            name = "CLIP zero-shot (the tower)"
+            fig.add_trace(go.Bar(x=datasets, y=_pct([c.get(d, math.nan) for d in datasets]), name=name,
+                                 legendgroup=name, showlegend=name not in shown, marker_color="black",
+                                 meta={"kind": "clip_zero_shot", "tower": tower}), row=1, col=ci)
+            shown.add(name)
+    fig.update_yaxes(title_text="accuracy (%)", col=1)
+    fig.update_layout(barmode="group", height=420)
+    return _layout(fig, "EMT accuracy of MLLMs vs their vision encoder's zero-shot accuracy (Zhai et al. Fig. 4)",
+                   legend_title_text="model")
+
+
+def _mean_std(g: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    out = g.groupby(by)["value"].agg(["mean", "std", "count"]).reset_index()
+    out["std"] = out["std"].fillna(0.0)
+    return out
+
+
+def fig_emt_vision_resnet(df: pd.DataFrame) -> go.Figure | None:
+    """Zhai et al. §3.1 Fig. 2: accuracy of the pretrained 50 % of the classes (training
+    images, the paper's measure, solid; test images, dashed) and of the fine-tuned 50 %
+    (dotted, training images) per epoch, one facet per dataset; mean ± std over seeds.
+    The dotted vertical line is where fine-tuning starts."""
+    if df is None or df.empty or "method" not in df.columns:
+        return None
+    sub = df[(df["method"] == "pretrain_finetune") & (df.get("split") == "vision")]
+    if sub.empty:
+        return None
+    datasets = sorted(sub["dataset"].astype(str).unique())
+    fig = make_subplots(rows=1, cols=len(datasets), subplot_titles=datasets, shared_yaxes=True)
+    lines = (("pretrained_classes", "train_accuracy", "solid", "pretrained classes (train)"),
+             ("pretrained_classes", "test_accuracy", "dash", "pretrained classes (test)"),
+             ("finetuned_classes", "train_accuracy", "dot", "fine-tuned classes (train)"))
+    shown: set = set()
+    for ci, ds in enumerate(datasets, start=1):
+        d = sub[sub["dataset"].astype(str) == ds]
+        for (ev, metric, dash, name), color in zip(lines, PALETTE):
+            g = _mean_std(d[(d["eval_task"] == ev) & (d["metric"] == metric)], ["trained_task_index"])
+            if g.empty:
+                continue
+            fig.add_trace(go.Scatter(x=g["trained_task_index"].astype(float).tolist(), y=_pct(g["mean"]),
+                                     error_y=_err(g["std"], g["count"]), mode="lines+markers", name=name,
+                                     legendgroup=name, showlegend=name not in shown,
+                                     line=dict(color=color, dash=dash),
+                                     meta={"kind": "resnet", "dataset": ds, "eval_task": ev, "metric": metric}),
+                          row=1, col=ci)
+            shown.add(name)
+        pre = d[d["trained_task"] == "pretrain"]["trained_task_index"]
+        if len(pre):
+            fig.add_vline(x=float(pre.max()) + 0.5, line_dash="dot", line_color="gray", row=1, col=ci)
+    fig.update_xaxes(title_text="epoch (pretraining, then fine-tuning)")
+    fig.update_yaxes(title_text="accuracy (%)", col=1)
+    fig.update_layout(height=420)
+    return _layout(fig, "ResNet: pretrained classes are forgotten when fine-tuning starts (Zhai et al. §3.1, Fig. 2)",
+                   legend_title_text="measure")
+
+
+def fig_emt_vision_clip(df: pd.DataFrame) -> go.Figure | None:
+    """Zhai et al. §3.2 Fig. 3 / Table 10: zero-shot accuracy per epoch of CLIP whose
+    vision encoder is fine-tuned with cross-entropy on one dataset (one facet each):
+    the fine-tuned set (in-domain, solid) and every other set (out-of-domain, dashed);
+    epoch 0 = before fine-tuning; mean ± std over seeds."""
+    if df is None or df.empty or "method" not in df.columns:
+        return None
+    sub = df[(df["method"] == "clip_ce_finetune") & (df["metric"] == CLIP_METRIC)]
+    if sub.empty:
+        return None
+    trained = sub[sub["eval_task"] == "in_domain"].groupby("run_id")["dataset"].first()
+    sub = sub.assign(trained=sub["run_id"].map(trained).astype(str),
+                     epoch=sub["trained_task_index"].astype(int) - 1)
+    facets = sorted(sub["trained"].unique())
+    fig = make_subplots(rows=1, cols=len(facets), shared_yaxes=True,
+                        subplot_titles=[f"fine-tuned on {f}" for f in facets])
+    colors = _colors(sorted(sub["dataset"].astype(str).unique()))
+    shown: set = set()
+    for ci, tr in enumerate(facets, start=1):
+        d = sub[sub["trained"] == tr]
+        for ds, g in d.groupby("dataset", sort=True):
+            dom = "in-domain" if ds == tr else "out-of-domain"
+            m = _mean_std(g, ["epoch"])
+            name = f"{ds}"
+            fig.add_trace(go.Scatter(x=m["epoch"].tolist(), y=_pct(m["mean"]), error_y=_err(m["std"], m["count"]),
+                                     mode="lines+markers", name=name, legendgroup=name,
+                                     showlegend=name not in shown,
+                                     line=dict(color=colors.get(str(ds)), dash="solid" if ds == tr else "dash"),
+                                     hovertemplate=f"{ds} ({dom})<br>epoch %{{x}}: %{{y:.1f}}%<extra></extra>",
+                                     meta={"kind": "clip_ft", "trained": tr, "dataset": str(ds), "domain": dom}),
+                          row=1, col=ci)
+            shown.add(name)
+    fig.update_xaxes(title_text="fine-tuning epoch (0 = before)")
+    fig.update_yaxes(title_text="zero-shot accuracy (%)", col=1)
+    fig.update_layout(height=420)
+    return _layout(fig, "CLIP vision encoder fine-tuned with CE: in-domain (solid) vs out-of-domain (dashed) "
+                        "zero-shot accuracy (Zhai et al. §3.2, Fig. 3)", legend_title_text="evaluated set")
+
+
+def fig_emt_epochs(df: pd.DataFrame) -> go.Figure | None:
+    """Zhai et al. §5 Fig. 6/7 with §4.2's failure modes: per evaluated dataset (column),
+    EMT accuracy (emt_exact) per epoch / trained task for each fine-tuning config (top;
+    solid where the dataset is the fine-tuned one — study ``emt-<set>`` — dashed
+    elsewhere), and below it the shares of correct / wrong / intrinsic / extrinsic answers
+    stacked per epoch (mean over the configs and seeds)."""
+    if df is None or df.empty or "metric" not in df.columns:
+        return None
+    emt = df[(df["split"] == "emt") & df["metric"].str.startswith("emt_exact")
+             & (df["method"] != "off_the_shelf")]
+    if emt.empty or not (emt["metric"] == "emt_exact_extrinsic").any():
+        return None
+    datasets = sorted(emt["dataset"].astype(str).unique())
+    fig = make_subplots(rows=2, cols=len(datasets), subplot_titles=datasets, shared_xaxes=True,
+                        vertical_spacing=0.08, row_heights=[0.55, 0.45])
+    runs = run_table(df)
+    colors = _colors(runs["label"])
+    shown: set = set()
+    emt = emt.assign(stage=_stage(emt))
+    for ci, ds in enumerate(datasets, start=1):
+        d = emt[emt["dataset"].astype(str) == ds]
+        acc = _aggregate(d[d["metric"] == "emt_exact"][["run_id", "stage", "value"]], runs, ["value"],
+                         by=("stage",))
+        for label, g in acc.groupby("label", sort=True):
+            g = g.sort_values("stage")
+            study = str(g["study"].iloc[0])
+            own = study.startswith("emt-") and study[4:] == ds
+            fig.add_trace(go.Scatter(x=g["stage"].astype(float).tolist(), y=_pct(g["value"]),
+                                     error_y=_err(g["value_std"], g["value_n"]), mode="lines+markers",
+                                     name=str(label), legendgroup=str(label), showlegend=str(label) not in shown,
+                                     line=dict(color=colors.get(label), dash="solid" if own else "dash"),
+                                     meta={"kind": "emt_epoch", "dataset": ds, "config": str(label),
+                                           "in_domain": bool(own)}), row=1, col=ci)
+            shown.add(str(label))
+        for mode in EMT_FAILURES:
+            metric = "emt_exact" if mode == "correct" else f"emt_exact_{mode}"
+            g = d[d["metric"] == metric].groupby("stage")["value"].mean().sort_index()
+            if g.empty:
+                continue
+            name = f"share {mode}"
+            fig.add_trace(go.Bar(x=[float(s) for s in g.index], y=_pct(g.values), name=name, legendgroup=name,
+                                 showlegend=name not in shown, marker_color=EMT_FAILURE_COLORS[mode],
+                                 meta={"kind": "emt_failure_share", "dataset": ds, "mode": mode}),
+                          row=2, col=ci)
+            shown.add(name)
+    fig.update_layout(barmode="stack", height=640)
+    fig.update_yaxes(title_text="EMT accuracy (%)", row=1, col=1)
+    fig.update_yaxes(title_text="answers (%)", row=2, col=1)
+    fig.update_xaxes(title_text="epoch / trained task", row=2)
+    return _layout(fig, "EMT per epoch, and the answers' failure modes (Zhai et al. §5 Fig. 6/7, §4.2)",
+                   legend_title_text="config / failure mode")
+
+
+FIGURES = FIGURES + (
+    FigureSpec("emt-models", fig_emt_models, "EMT of MLLMs vs their vision encoders",
+               "Zhai et al. Fig. 4: EMT accuracy (label-name decider) of LLaVA-format checkpoints evaluated as "
+               "they are, per dataset, beside the zero-shot CLIP accuracy of their vision tower; one facet per "
+               "vision encoder.",
+               "rows of method 'off_the_shelf' (studies/emt.py --models) and their towers' clip_zero_shot rows"),
+    FigureSpec("emt-epochs", fig_emt_epochs, "EMT per epoch with failure modes",
+               "Zhai et al. §5 (Fig. 6/7) and §4.2: EMT accuracy per epoch for each fine-tuning config (solid: the "
+               "fine-tuned set, dashed: the others) and the shares of correct / wrong / intrinsic / extrinsic "
+               "answers stacked per epoch.",
+               "rows with split 'emt' and the metrics emt_exact and emt_exact_<mode>"),
+    FigureSpec("emt-vision-resnet", fig_emt_vision_resnet, "Vision-encoder forgetting: ResNet (§3.1)",
+               "Zhai et al. §3.1 Fig. 2: accuracy of the pretrained 50 % of the classes per epoch of pretraining "
+               "and then of fine-tuning on the other 50 %.",
+               "rows of studies/emt_vision.py --experiments resnet"),
+    FigureSpec("emt-vision-clip", fig_emt_vision_clip, "Vision-encoder forgetting: CLIP (§3.2)",
+               "Zhai et al. §3.2 Fig. 3 / Table 10: zero-shot accuracy of CLIP per epoch of cross-entropy "
+               "fine-tuning of its vision encoder, in-domain (solid) and out-of-domain (dashed).",
+               "rows of studies/emt_vision.py --experiments clip"),
 )

@@ -76,6 +76,21 @@ class Engine(ABC):
                                                       add_generation_prompt=True)
         return f"{system}\n\n{message}" if system else message
 
+    def conversation_prompt(self, conversations: list[dict]) -> str:
+        """The generation prompt of a LLaVA-JSON conversation (``from``/``value`` turns,
+        ``<image>`` inline; a last ``gpt`` turn is dropped) in the model's own format: its
+        project template, or an off-the-shelf checkpoint's chat template."""
+        if self.template is None:
+            raise NotImplementedError(f"engine {self.name!r} has no conversation format")
+        return self.template.prompt(conversations)
+
+    @property
+    def clip_source(self) -> str | None:
+        """Hub id or dir of the full CLIP model (text + vision towers) whose vision tower
+        the MLLM uses, or None when unknown (EMT's CLIP-text nearest-label decision and
+        the tower's zero-shot reference need it)."""
+        return None
+
     def embed(self, texts: Sequence[str]):
         """(N, D) text embeddings (EMT's embedding-nearest decision); optional."""
         raise NotImplementedError(f"engine {self.name!r} cannot embed texts")

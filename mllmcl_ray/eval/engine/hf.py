@@ -27,23 +27,39 @@ IMAGE_PLACEHOLDER = "<image>"
 
 
 def _load(model: Any):
-    """(mllm or None, model, tokenizer, image_processor, template) from an MLLM or a dir."""
-    from ...models.build import MLLM, load_mllm
+    """(mllm or None, model, tokenizer, image_processor, template) from an MLLM, a project
+    checkpoint dir, an off-the-shelf llava-hf checkpoint (dir or hub id) or a causal LM."""
+    from ...models.build import MLLM, load_hf_llava, load_mllm
 
     if isinstance(model, MLLM):
         return model, model.model, model.tokenizer, model.image_processor, model.template
     path = Path(str(model))
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path} is not a model directory (no config.json)")
-    cfg = json.loads((path / "config.json").read_text())
-    if (path / "mllmcl.json").exists() or cfg.get("model_type") == "llava":
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path} is not a model directory (no config.json)")
+        cfg = json.loads((path / "config.json").read_text())
+        model_type = cfg.get("model_type")
+        project = (path / "mllmcl.json").exists()
+    else:  # a hub id: its config says what it is
+        from transformers import AutoConfig
+
+        try:
+            model_type = AutoConfig.from_pretrained(str(model)).model_type
+        except (OSError, ValueError) as e:
+            raise FileNotFoundError(f"{model!r} is neither a model directory nor a hub id "
+                                    f"available offline: {e}") from e
+        project = False
+    if project:
         m = load_mllm(path)
         return m, m.model, m.tokenizer, m.image_processor, m.template
+    if model_type == "llava":
+        m = load_hf_llava(str(model))
+        return m, m.model, m.tokenizer, m.image_processor, None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    lm = AutoModelForCausalLM.from_pretrained(str(path))
+    lm = AutoModelForCausalLM.from_pretrained(str(model))
     lm.eval()
-    tok = AutoTokenizer.from_pretrained(str(path))
+    tok = AutoTokenizer.from_pretrained(str(model))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
@@ -56,7 +72,11 @@ class HFEngine(Engine):
     """Greedy batched generation and log-likelihoods with transformers.
 
     Args:
-        model: an `MLLM`, an MLLM checkpoint dir (`save_mllm`), or a causal-LM dir.
+        model: an `MLLM`, an MLLM checkpoint dir (`save_mllm`), an off-the-shelf llava-hf
+            checkpoint (dir or hub id: its own processor, image preprocessing and chat
+            template), or a causal-LM dir.
+        clip: the full CLIP checkpoint of the vision tower (`clip_source`); default
+            `models.towers.clip_for_tower`.
         batch_size: requests per forward pass (generation and log-likelihood).
         device: "auto" (CUDA if available, else CPU), "cpu", "cuda", "cuda:1", ...
         dtype: None keeps the model's dtype; "bfloat16"/"float16"/"float32" casts.
@@ -71,8 +91,12 @@ class HFEngine(Engine):
 
     def __init__(self, model: Any, *, batch_size: int = 32, device: str = "auto",
                  dtype: str | None = None, max_length: int | None = None,
-                 max_batch_tokens: int = 16384, model_id: str | None = None):
+                 max_batch_tokens: int = 16384, model_id: str | None = None,
+                 clip: str | None = None):
         self.mllm, self.model, self.tokenizer, self.image_processor, self.template = _load(model)
+        # off-the-shelf: the checkpoint's own processor makes prompts, tokens and pixels
+        self.processor = getattr(self.mllm, "processor", None) if self.template is None else None
+        self._clip = clip
         self._model_id = model_id or (str(model) if isinstance(model, (str, Path)) else
                                       getattr(getattr(self.mllm, "spec", None), "name", "model"))
         if device == "auto":
@@ -91,9 +115,14 @@ class HFEngine(Engine):
         self.stop_ids = self._stop_ids()
         self.last_token_ids: list[list[int]] = []  # generated ids of the last generate()
         self.max_length = max_length or self._model_max_length()
-        if self.mllm is not None:
+        if self.processor is not None:
+            self.image_token = getattr(self.processor, "image_token", IMAGE_PLACEHOLDER)
+            self.n_image_tokens = self.mllm.n_image_tokens
+            self.image_token_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
+        elif self.mllm is not None:
             from ...models.tokenizers import image_token_id
 
+            self.image_token = IMAGE_PLACEHOLDER
             self.n_image_tokens = self.mllm.n_image_tokens
             self.image_token_id = image_token_id(self.tokenizer)
         else:
@@ -106,6 +135,33 @@ class HFEngine(Engine):
     @property
     def prompt_version(self) -> str:
         return self.template.version if self.template is not None else ""
+
+    def conversation_prompt(self, conversations: list[dict]) -> str:
+        """Project MLLMs: their template; off-the-shelf: the checkpoint's chat template
+        (`processor.apply_chat_template`, add_generation_prompt) over the turns as HF
+        messages (``<image>`` becomes an image part)."""
+        if self.template is not None:
+            return self.template.prompt(conversations)
+        if self.processor is None:
+            return super().conversation_prompt(conversations)
+        from ...models.chat_template import llava_json_to_messages
+
+        convs = list(conversations)
+        if convs and convs[-1]["from"] == "gpt":
+            convs = convs[:-1]
+        return self.processor.apply_chat_template(llava_json_to_messages(convs),
+                                                  add_generation_prompt=True, tokenize=False)
+
+    @property
+    def clip_source(self) -> str | None:
+        if self.mllm is None:
+            return None
+        from ...models.towers import clip_for_tower
+
+        spec = getattr(self.mllm, "spec", None)
+        return clip_for_tower(str(self.model_id), self.mllm.llava_config.vision_config,
+                              explicit=self._clip,
+                              spec_vision=getattr(spec, "vision", None) if self.template else None)
 
     def _stop_ids(self) -> list[int]:
         ids = set()
@@ -137,6 +193,13 @@ class HFEngine(Engine):
                              f"{prompt[:80]!r}")
         if has_image and self.mllm is None:
             raise ValueError("this engine runs a text-only LM: it cannot take images")
+        if self.processor is not None:
+            # as LlavaProcessor does: the image token repeated, the whole text tokenised, and
+            # special tokens added unless the prompt starts with BOS (apply_chat_template's rule)
+            text = prompt.replace(IMAGE_PLACEHOLDER, self.image_token * self.n_image_tokens)
+            bos = self.tokenizer.bos_token
+            return list(self.tokenizer(text, add_special_tokens=not (bos and text.startswith(bos))
+                                       )["input_ids"])
         ids: list[int] = []
         for j, part in enumerate(prompt.split(IMAGE_PLACEHOLDER)):
             if j > 0:
@@ -156,8 +219,14 @@ class HFEngine(Engine):
         return ids.to(self.device), mask.to(self.device)
 
     def _pixels(self, paths: list[str]) -> torch.Tensor:
-        from ...data.images import pixel_values
+        """Project MLLMs: LLaVA-1.5 letterbox + CLIP preprocessing, as in training;
+        off-the-shelf: the checkpoint's own image processor on the image as it is."""
+        from ...data.images import load_image, pixel_values
 
+        if self.processor is not None:
+            out = self.image_processor(images=[load_image(p) for p in paths],
+                                       return_tensors="pt")["pixel_values"]
+            return out.to(self.device, self._dtype())
         return pixel_values(self.image_processor, paths).to(self.device, self._dtype())
 
     def _generation_config(self, max_new_tokens: int, req: GenRequest | None = None):

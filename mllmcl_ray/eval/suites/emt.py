@@ -1,20 +1,23 @@
 """EMT (Zhai et al.): the MLLM as an image classifier, and why it fails.
 
-Each test image is asked with EMT's prompt ("What is the object in the image? Please
-only answer a single object in [labels]."; ``noun="number"`` gives the MNIST form) and the
-free-form answer is decided three ways:
+Each test image is asked with EMT's prompt (§4, App. C.1): "What is the {noun} in the
+image? Please only answer a single {noun} in {labels}." — the labels comma-separated
+without brackets, as the paper's example shows; the noun is "number" for MNIST (and the
+micro world's digits, `EMT_NOUNS`, or any set whose labels are all numerals) and "object"
+otherwise. The prompt goes through the model's own conversation format
+(`Engine.conversation_prompt`: the project template, or an off-the-shelf checkpoint's chat
+template). The free-form answer is decided three ways:
 
-- ``emt_exact`` — label names in the answer (`scoring.emt_exact`): correct / wrong /
-  intrinsic hallucination (several labels named) / extrinsic hallucination (none named);
-  the accuracy and the share of each failure mode are reported;
-- ``emt_nearest`` — the label whose embedding is nearest the answer's (EMT §7 (1),
-  `scoring.emt_nearest`) with a pluggable embedder `texts -> (N, D) array`. Default
-  (`default_embedder`): a sentence-transformers model when one is named and the package
-  is installed; otherwise, offline, the mean of the evaluated MLLM's own LM
-  input-embedding vectors over the text's tokens (`Engine.embed`). The fallback is a
-  bag-of-tokens embedding: it matches surface forms, not meanings — documented as such;
-- ``emt_judge`` — an LLM judge's yes/no (`judge.Judge.judge_emt`), when a judge is given;
-  unparseable replies count as not correct and their share is reported.
+- ``emt_exact`` — label names in the answer (`scoring.emt_exact`, §7 (2)): correct /
+  wrong / intrinsic hallucination (several labels) / extrinsic hallucination (no label,
+  or one label plus claims that are not answer framing); accuracy and the share of each
+  failure mode are reported (``emt_exact_<mode>``);
+- ``emt_nearest`` — the label whose CLIP text embedding is nearest the answer's (§7 (1),
+  `scoring.emt_nearest`), with the text tower of the vision tower's own CLIP checkpoint
+  (`Engine.clip_source`, `clip_zero_shot.clip_text_embedder`); skipped when that CLIP is
+  unknown (an explicit `embedder` overrides);
+- ``emt_judge`` — an LLM judge's yes/no (`judge.Judge.judge_emt`, §4 step 3), when a judge
+  is given; unparseable replies count as not correct and their share is reported.
 
 Records: LLaVA-format test JSON with ``label`` (the true class) and ``labels`` (the class
 set; if absent, the sorted set of all records' labels).
@@ -33,8 +36,9 @@ from ..kinds import max_new_tokens
 from .common import SuiteResult, content_hash
 from .vl import load_eval_records, record_fingerprint
 
-EMT_PROMPT = "What is the {noun} in the image? Please only answer a single {noun} in [{labels}]."
-EMT_PROMPT_VERSION = "emt-v1"
+EMT_PROMPT = "What is the {noun} in the image? Please only answer a single {noun} in {labels}."
+EMT_PROMPT_VERSION = "emt-v2"
+EMT_NOUNS = {"mnist": "number", "digits": "number"}  # dataset name -> noun; default "object"
 
 Embedder = Callable[[list[str]], np.ndarray]
 
@@ -43,22 +47,25 @@ def emt_prompt(labels: Sequence[str], noun: str = "object") -> str:
     return EMT_PROMPT.format(noun=noun, labels=", ".join(str(x) for x in labels))
 
 
-def default_embedder(engine, model_name: str | None = None) -> Embedder | None:
-    """sentence-transformers `model_name` if given and installed, else `engine.embed`
-    (the MLLM's mean input embedding), else None (no nearest decision)."""
-    if model_name:
-        try:
-            from sentence_transformers import SentenceTransformer
-        except ImportError:
-            pass
-        else:
-            st = SentenceTransformer(model_name)
-            return lambda texts: np.asarray(st.encode(list(texts)))
-    try:
-        engine.embed(["probe"])
-    except (NotImplementedError, AttributeError):
+def emt_noun(dataset: str, labels: Sequence[str]) -> str:
+    """"number" for MNIST-like sets (`EMT_NOUNS`, or all labels numerals), else "object"."""
+    if dataset.lower() in EMT_NOUNS:
+        return EMT_NOUNS[dataset.lower()]
+    return "number" if labels and all(str(x).isdigit() for x in labels) else "object"
+
+
+def default_embedder(engine, clip: str | None = None) -> Embedder | None:
+    """The CLIP text tower of `clip` (default: the engine's vision tower's own CLIP,
+    `Engine.clip_source`) as an embedder, or None when there is none."""
+    clip = clip or getattr(engine, "clip_source", None)
+    if not clip:
         return None
-    return lambda texts: np.asarray(engine.embed(list(texts)))
+    from ..clip_zero_shot import clip_text_embedder
+
+    try:
+        return clip_text_embedder(clip)
+    except FileNotFoundError:
+        return None
 
 
 def record_labels(records: list[dict]) -> list[list[str]]:
@@ -72,18 +79,21 @@ def record_labels(records: list[dict]) -> list[list[str]]:
 
 
 def run_emt_set(engine, eval_set: EvalSet, *, template=None, seed: int = 0,
-                embedder: Embedder | None = None, judge=None, noun: str = "object",
+                embedder: Embedder | None = None, judge=None, noun: str | None = None,
                 max_samples: int | None = -1) -> SuiteResult:
-    """Generate EMT answers for one classification set and decide them (see module doc)."""
-    template = template or getattr(engine, "template", None)
-    if template is None:
-        raise ValueError("run_emt_set needs the model's conversation template")
+    """Generate EMT answers for one classification set and decide them (see module doc).
+    `template`: a ConversationTemplate overriding the engine's format; `noun`: None picks
+    it per dataset (`emt_noun`)."""
+    make_prompt = template.prompt if template is not None else engine.conversation_prompt
     records = load_eval_records(eval_set, seed, max_samples)
     label_sets = record_labels(records)
     reqs = []
+    nouns = set()
     for rec, labels in zip(records, label_sets):
-        conv = [{"from": "human", "value": "<image>\n" + emt_prompt(labels, noun)}]
-        reqs.append(GenRequest(template.prompt(conv), rec.get("image"), max_new_tokens(eval_set)))
+        nn = noun or emt_noun(eval_set.name, labels)
+        nouns.add(nn)
+        conv = [{"from": "human", "value": "<image>\n" + emt_prompt(labels, nn)}]
+        reqs.append(GenRequest(make_prompt(conv), rec.get("image"), max_new_tokens(eval_set)))
     outs = engine.generate(reqs) if reqs else []
     preds = []
     for rec, req, out, labels in zip(records, reqs, outs, label_sets):
@@ -102,7 +112,7 @@ def run_emt_set(engine, eval_set: EvalSet, *, template=None, seed: int = 0,
                                                    embedder)
         metrics["emt_nearest"] = (sum(p["emt_nearest"] == scoring.EMT_CORRECT for p in preds) / n
                                   if n else math.nan)
-        decoding["embedder"] = getattr(embedder, "__name__", "embedder")
+        decoding["embedder"] = getattr(embedder, "name", getattr(embedder, "__name__", "embedder"))
     counts = {}
     if judge is not None:
         from ..judge import EMT_JUDGE_PROMPT_VERSION
@@ -119,7 +129,19 @@ def run_emt_set(engine, eval_set: EvalSet, *, template=None, seed: int = 0,
     for p in preds:
         p["score"] = float(p["emt_exact"] == scoring.EMT_CORRECT)
     return SuiteResult(dataset=eval_set.name, split="emt", metrics=metrics, n=n,
-                       eval_set_hash=content_hash(["emt", noun, [record_fingerprint(r)
-                                                                 for r in records]]),
-                       prompt_version=f"{template.version}+{EMT_PROMPT_VERSION}",
+                       eval_set_hash=content_hash(["emt", sorted(nouns), [record_fingerprint(r)
+                                                                         for r in records]]),
+                       prompt_version=f"{_format_version(engine, template)}+{EMT_PROMPT_VERSION}",
                        decoding=decoding, predictions=preds, counts=counts)
+
+
+def _format_version(engine, template) -> str:
+    """The conversation format's version: the project template's, or ``chat_template:<hash>``
+    of an off-the-shelf checkpoint's chat template."""
+    if template is not None:
+        return template.version
+    if getattr(engine, "prompt_version", ""):
+        return engine.prompt_version
+    proc = getattr(engine, "processor", None)
+    chat = getattr(proc, "chat_template", None)
+    return f"chat_template:{content_hash(chat)}" if chat else "no-template"
