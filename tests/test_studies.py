@@ -400,8 +400,9 @@ def test_zero_shot_plan_and_seen_tasks():
 
 @pytest.mark.timeout(300)
 def test_emt_epochs_rows_and_figure(tmp_path, tiny_clip):
-    """Alignment → zero-shot EMT (task 1) → 2 epochs (tasks 2, 3), every set after each; the
-    EMT figure reads "1: zero_shot", "2: epoch-1", "3: epoch-2" with the CLIP line."""
+    """Alignment → zero-shot EMT (task 1) → 2 epochs of ONE task (2 steps each, one lr
+    schedule), every set after each epoch (rows epoch 1, then the task's end: epoch 0 = the
+    epoch-2 model); the EMT figure's x reads 0 (zero-shot), 1, 2 with the CLIP line."""
     import sys
 
     import torch
@@ -441,11 +442,11 @@ def test_emt_epochs_rows_and_figure(tmp_path, tiny_clip):
     train = DataSource(write("train", 8), image_root=img)
     tiny = StageConfig(lr=1e-3, global_batch_size=4, per_device_batch_size=4, max_steps=1,
                        warmup_ratio=0.0, schedule="constant", train="projector")
+    two_epochs = {**tiny.__dict__, "train": "projector+llm", "max_steps": None, "epochs": 2.0}
     cfg = RunConfig(name="emt", model=tiny_spec(tok_dir), output_dir=str(tmp_path / "out"),
-                    stages=StagesConfig(align=tiny, finetune=StageConfig(**{**tiny.__dict__,
-                                                                            "train": "projector+llm"})),
+                    stages=StagesConfig(align=tiny, finetune=StageConfig(**two_epochs)),
                     align=[DataSource(write("cap", 4), image_root=img)],
-                    tasks=emt.epoch_tasks(train, sets, 2), method=MethodConfig("linear"),
+                    tasks=[emt.finetune_task(train, sets)], method=MethodConfig("linear"),
                     trainer=TrainerConfig(num_workers=0, log_every=100, feature_cache=False))
     cfg.eval.zero_shot = True
     cfg.eval.nl = False
@@ -459,15 +460,19 @@ def test_emt_epochs_rows_and_figure(tmp_path, tiny_clip):
     store.append(clip)
     df = store.read()
     rows = df[df["metric"] == "emt_exact"]
-    got = sorted(set(zip(rows["trained_task_index"], rows["trained_task"], rows["dataset"])))
-    assert got == [(1, "zero_shot", "setA"), (1, "zero_shot", "setB"), (2, "epoch-1", "setA"),
-                   (2, "epoch-1", "setB"), (3, "epoch-2", "setA"), (3, "epoch-2", "setB")]
-    assert set(rows["split"]) == {"emt"} and set(rows["eval_task"]) == {"epoch-1"}
+    got = sorted(set(zip(rows["trained_task_index"], rows["trained_task"], rows["epoch"],
+                         rows["dataset"])))
+    assert got == [(1, "zero_shot", 0, "setA"), (1, "zero_shot", 0, "setB"),
+                   (2, "finetune", 0, "setA"), (2, "finetune", 0, "setB"),
+                   (2, "finetune", 1, "setA"), (2, "finetune", 1, "setB")]
+    assert set(rows["split"]) == {"emt"} and set(rows["eval_task"]) == {"finetune"}
     zero = rows[rows["trained_task_index"] == 1]["checkpoint_id"]
     assert all(c.endswith("02-align") for c in zero)  # the aligned model, before fine-tuning
+    after1 = rows[rows["epoch"] == 1]["checkpoint_id"]
+    assert all(c.endswith("epoch01") for c in after1)  # inside the task, after epoch 1
     fig = fig_emt(df)
     ax = fig.layout.xaxis
-    assert list(ax.ticktext) == ["1: zero_shot", "2: epoch-1", "3: epoch-2"]
+    assert list(ax.ticktext) == ["0", "1", "2"] and ax.title.text == "epoch"
     assert any((t.meta or {}).get("kind") == "clip_zero_shot" for t in fig.data)
 
 
