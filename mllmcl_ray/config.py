@@ -65,6 +65,9 @@ class StageConfig:
     max_grad_norm: float = 1.0  # gradient clipping (0 disables)
     train: str = "projector+llm"  # what trains: "projector" or "projector+llm" (methods may narrow it)
     parallel: str = "full_shard"  # distributed strategy: full_shard, shard_grad_op, ddp, none
+    group_by_length: bool = False  # length-grouped micro-batches (data/grouping.py, LLaVA's
+    # group_by_modality_length): less padding; the samples of each window of steps are kept
+    group_window_steps: int = 1  # optimizer steps regrouped together (1: each step keeps its samples)
 
 
 def _align_default() -> StageConfig:

@@ -35,15 +35,23 @@ class StageResult:
     tokens_per_s: float = 0.0  # all workers
 
 
-def step_indices(n: int, stage: StageConfig, seed: int, total_steps: int) -> np.ndarray:
-    """[total_steps, global_batch] sample indices: seeded epochs of permutations."""
+def step_indices(n: int, stage: StageConfig, seed: int, total_steps: int,
+                 lengths: np.ndarray | None = None) -> np.ndarray:
+    """[total_steps, global_batch] sample indices: seeded epochs of permutations
+    (regrouped by length when `stage.group_by_length`; `lengths`: data/grouping.py)."""
     rng = np.random.default_rng(seed)
     need = total_steps * stage.global_batch_size
     chunks, have = [], 0
     while have < need:
         chunks.append(rng.permutation(n))
         have += n
-    return np.concatenate(chunks)[:need].reshape(total_steps, stage.global_batch_size)
+    order = np.concatenate(chunks)[:need].reshape(total_steps, stage.global_batch_size)
+    if stage.group_by_length and lengths is not None:
+        from ..data.grouping import group_order
+
+        order = group_order(order, lengths, per_device=stage.per_device_batch_size,
+                            window_steps=stage.group_window_steps, seed=seed)
+    return order
 
 
 def forward_batch(module, batch: dict, device: torch.device) -> torch.Tensor:
@@ -73,7 +81,10 @@ def train_stage(module, dataset, stage: StageConfig, method: ContinualMethod, st
     world, rank = strategy.world_size, strategy.rank
     accum = accumulation_steps(stage, world, stage_name)
     total = num_optimizer_steps(stage, len(dataset))
-    order = step_indices(len(dataset), stage, seed, total)
+    from ..data.grouping import sample_lengths
+
+    order = step_indices(len(dataset), stage, seed, total,
+                         lengths=sample_lengths(dataset) if stage.group_by_length else None)
     opt = make_optimizer(module.parameters(), stage, lr if lr is not None else stage.lr)
     sched = make_scheduler(opt, stage, total)
     if optimizer_state:
