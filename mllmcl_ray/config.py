@@ -44,6 +44,8 @@ class ModelSpec:
     dtype: str = "float32"  # weights dtype when loading: float32, bfloat16, float16
     max_seq_len: int = 2048  # longest tokenised sample; longer ones are truncated
     scale: float | None = None  # LLM parameter count for scale rules/reports; None: counted
+    attn_implementation: str | None = None  # "sdpa", "flash_attention_2" (GPU, flash-attn
+    # installed), "eager"; None: transformers' default (sdpa where the family supports it)
 
 
 # ---------------------------------------------------------------------------------------
