@@ -93,3 +93,17 @@ def test_builder_attn_implementation(tmp_path):
     assert build_mllm(spec).model.model.language_model.config._attn_implementation == "sdpa"
     with pytest.raises(ConfigError, match="attn_implementation"):
         build_mllm(dataclasses.replace(spec, attn_implementation="fast"))
+
+
+def test_ray_worker_threads_follow_its_assigned_cpus():
+    import os
+
+    from mllmcl_ray.config import TrainerConfig
+    from mllmcl_ray.train.ray_trainer import threads_per_worker
+
+    t = TrainerConfig(cpus_per_worker=2.0)
+    assert threads_per_worker(t, 1, assigned_cpus=2.0) == 2  # Ray's CPU resources
+    assert threads_per_worker(t, 1, assigned_cpus=0.5) == 1
+    assert threads_per_worker(t, 2, assigned_cpus=None) == max(1, (os.cpu_count() or 1) // 2)
+    t.threads_per_worker = 3  # an explicit setting wins
+    assert threads_per_worker(t, 1, assigned_cpus=2.0) == 3
