@@ -60,6 +60,8 @@ sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 # GPT-NeoX shapes of the Pythia suite (vocab 50,304, untied), CLIP ViT-L/14-336.
 LLM_SHAPES = {
+    "pythia-160m": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                        num_attention_heads=12, vocab_size=50304, max_position_embeddings=2048),
     "pythia-410m": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
                         num_attention_heads=16, vocab_size=50304, max_position_embeddings=2048),
     "pythia-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
@@ -250,13 +252,17 @@ def stage_config(batch: tuple[int, int], steps: int, parallel: str, train: str, 
 class Ctx:
     """What every section shares."""
 
-    def __init__(self, args, plan: Plan, root: Path, device: torch.device):
+    def __init__(self, args, plan: Plan, root: Path, device: torch.device, plain: bool = False):
         self.args, self.plan, self.root, self.device = args, plan, root, device
         self.bf16 = not args.fp32
+        self.plain = plain  # the plain CPU loop (fp32, no wrapping), for CPU ratios
         self.peak, self.peak_label = peak_flops_for(device)
 
     def strategy(self, parallel: str):
         from mllmcl_ray.train.strategies import get_strategy
+
+        if self.plain:
+            return get_strategy("none", device=self.device)
 
         # get_strategy, not make_strategy: make_strategy degrades a world of 1 to the
         # plain loop; here FSDP2 runs over the world of one on purpose.
@@ -281,7 +287,8 @@ def _step_times(stamps: list[float], warmup: int) -> list[float]:
 
 
 def train_row(c: Ctx, llm: str, stage_name: str, *, attn: str | None = None,
-              compile_layers: bool = False, cache: bool | None = None) -> dict:
+              compile_layers: bool = False, cache: bool | None = None,
+              group: bool = False) -> dict:
     """Train one stage with the project's loop; median step time and tokens/s."""
     from mllmcl_ray.config import MethodConfig
     from mllmcl_ray.data.collate import Collator
@@ -303,6 +310,7 @@ def train_row(c: Ctx, llm: str, stage_name: str, *, attn: str | None = None,
     stage = stage_config(p.align_batch if align else p.ft_batch, p.warmup + p.steps + 1,
                          "shard_grad_op" if align else "full_shard",
                          "projector" if align else "projector+llm", 1e-3 if align else 2e-5)
+    stage = replace(stage, group_by_length=group)
     ds = c.data(mllm, "caption" if align else "a", get_template("plain") if align else None)
     strategy = c.strategy(stage.parallel)
     features, fill_s = None, None
@@ -344,19 +352,20 @@ def train_row(c: Ctx, llm: str, stage_name: str, *, attn: str | None = None,
     tps = statistics.median(tokens[p.warmup + 1:] or tokens)
     n_mfu = n_llm + n_proj if not align else int(n_llm * 4 / 6) + n_proj
     row = {"model": llm, "stage": stage_name, "strategy": strategy.name,
-           "precision": strategy.mixed_precision, "activation_checkpointing": True,
+           "precision": strategy.mixed_precision, "activation_checkpointing": strategy.activation_checkpointing,
            "attn": mllm.model.config.text_config._attn_implementation,
-           "compile": compile_layers, "feature_cache": bool(cache),
+           "compile": compile_layers, "feature_cache": bool(cache), "group_by_length": group,
            "global_batch": stage.global_batch_size, "per_device": stage.per_device_batch_size,
            "steps_measured": len(times), "step_s": step_s, "tokens_per_s": tps,
            "mean_tokens_per_sample": ds.num_tokens() / len(ds),
            "params_llm": n_llm, "params_projector": n_proj,
            "mfu": estimate_mfu(n_mfu, tps, c.peak), "peak_mem_gib": _peak_gib(c.device),
-           "first_loss": res.losses[0], "last_loss": res.losses[-1]}
+           "first_loss": res.losses[0], "last_loss": res.losses[-1], "losses": res.losses}
     if fill_s is not None:
         row["cache_fill_s"] = fill_s
         row["cache_images"] = len(ds.image_paths())
     print(f"[train] {llm:12s} {stage_name:8s} attn={row['attn']:5s} cache={int(bool(cache))} "
+          f"group={int(group)} "
           f"{tps:9.0f} tok/s  {step_s * 1000:7.1f} ms/step  MFU {row['mfu'] * 100:5.1f} %  "
           f"peak {row['peak_mem_gib'] or 0:.1f} GiB", flush=True)
     del module, mllm, features
