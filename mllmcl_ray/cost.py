@@ -367,12 +367,45 @@ def format_cost_table(costs: list[RunCost]) -> str:
         total_h = sum(c.gpu_hours for c in costs)
         total_f = sum(c.flops for c in costs)
         c0 = costs[0]
-        out.append(f"{len(costs)} run(s): {_si(total_f)}FLOPs, {total_h:.3g} GPU-hours at MFU "
+        out.append(f"{len(costs)} run(s): {_si(total_f)} FLOPs, {total_h:.3g} GPU-hours at MFU "
                    f"{c0.mfu * 100:.0f} % ({c0.mfu_source}) of {c0.peak_flops / 1e12:.0f} "
                    "TFLOP/s (H100 SXM bf16 dense)")
     return "\n".join(out)
 
 
+def main(argv=None) -> int:
+    """`python -m mllmcl_ray.cost RUN.yaml [...]`: print the cost table of run configs."""
+    import argparse
+
+    from .config import RunConfig, from_dict, load_yaml, parse_override, set_dotted
+
+    ap = argparse.ArgumentParser(prog="python -m mllmcl_ray.cost",
+                                 description="Tokens, FLOPs, memory per worker and GPU-hours "
+                                             "of run configs (RunConfig YAML), before running.")
+    ap.add_argument("configs", nargs="+", help="RunConfig YAML files")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key (dotted path), e.g. trainer.num_workers=8")
+    ap.add_argument("--mfu", type=float, default=None,
+                    help="MFU in (0, 1] (default: measured in benchmarks/gpu_check.json, else 0.35)")
+    ap.add_argument("--peak-flops", type=float, default=989e12,
+                    help="peak FLOP/s of one GPU (default H100 SXM dense bf16)")
+    args = ap.parse_args(argv)
+    costs = []
+    for path in args.configs:
+        data = load_yaml(path)
+        for o in args.set:
+            k, v = parse_override(o)
+            set_dotted(data, k, v)
+        costs.append(estimate_run_cost(from_dict(RunConfig, data), mfu=args.mfu,
+                                       peak_flops=args.peak_flops))
+    print(format_cost_table(costs))
+    return 0
+
+
 __all__ = ["DEFAULT_MFU", "DataStats", "ParamCounts", "RunCost", "StageCost", "data_stats",
            "estimate_run_cost", "format_cost_table", "measured_mfu", "parameter_counts",
            "worker_memory"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
