@@ -30,6 +30,23 @@ Plain-loop settings run `--repeats` times and the best counts (other load on the
 only ever slows a run down); each Ray setting is one fit. The 1-minute load average at
 the end is recorded: on a shared 2-core box, figures taken under load are not comparable.
 
+`--parts` picks the CPU parts (default all three):
+
+  micro      the settings above; with Ray also `plain-2t-rayup` / `plain-1t-rayup`, the
+             plain loop run while Ray's daemons are up (the fair baseline for one worker:
+             on 2 cores Ray's raylet, GCS and driver threads compete with a 2-thread loop)
+  grouping   length grouping (`stages.*.group_by_length`, data/grouping.py): padded tokens
+             before/after on the micro world's instruct task (3,000 records, micro-s 64
+             image tokens, global batch 32 / 16 per device) and on a synthetic LLaVA-mix-like
+             length distribution (global 128 / 16 per device), for windows of 1 and 8 steps;
+             then the plain loop's tokens/s with grouping off and on (window 1: every step
+             trains on the same samples), runs alternated, best of `--group-repeats`
+  shape160   Pythia-160M (GPT-NeoX hidden 768 × 12 layers, vocab 50,304) beside a CLIP
+             ViT-L/14-336 tower (576 image tokens), random weights, the plain fp32 loop
+             (benchmarks/gpu_check.py's `train_row`), a few steps each: align steps with
+             and without the feature cache, fine-tune steps with SDPA vs eager attention,
+             and with length grouping on (fine-tune rows use the cache)
+
 GPU mode (`--gpu`, one CUDA GPU): Pythia-410M-shaped (hidden 1024, 24 layers, 16 heads)
 and Pythia-1B-shaped (hidden 2048, 16 layers, 8 heads) GPT-NeoX LLMs, randomly
 initialised from config, inside the LLaVA module (projector + LM; image features are
@@ -38,7 +55,8 @@ with FSDP2 full_shard (world size 1), bf16 mixed precision and activation checkp
 MFU = 6·N·tokens/s / peak (N = LLM + projector parameters; `--peak-flops`, default
 989e12, the H100 SXM dense bf16 peak; mllmcl_ray.train.mfu.estimate_mfu).
 
-Usage:  python benchmarks/train_throughput.py [--steps 40] [--out benchmarks/train_throughput.json]
+Usage:  python benchmarks/train_throughput.py [--parts micro grouping shape160] [--steps 40]
+                                             [--out benchmarks/train_throughput.json]
         python benchmarks/train_throughput.py --gpu [--peak-flops 989e12]
 """
 from __future__ import annotations
