@@ -371,7 +371,8 @@ def shape160_benchmark(args) -> dict:
     import gpu_check as G
 
     plan = G.Plan(llms=("pythia-160m",), vision="clip-vit-l-14-336", method_llm="pythia-160m",
-                  images=8, steps=args.steps160, warmup=0, ft_batch=(4, 2), align_batch=(2, 1),
+                  images=8, steps=args.steps160, warmup=0, ft_batch=tuple(args.ft_batch160),
+                  align_batch=(2, 1),
                   gen_prompts=0, gen_tokens=0, gen_batch=1, max_seq_len=1024)
     tmp = Path(tempfile.mkdtemp(prefix="mllmcl-160m-bench-"))
     G.make_world(tmp, plan, 336)
@@ -385,16 +386,21 @@ def shape160_benchmark(args) -> dict:
         r = rows[key]
         print(f"160m {key:22s} {r['step_s']:7.2f} s/step {r['tokens_per_s']:8.0f} tok/s", flush=True)
 
-    row("align_nocache", stage_name="align", cache=False)
-    row("align_cache", stage_name="align", cache=True)
-    row("finetune_sdpa", stage_name="finetune", cache=True)
-    row("finetune_eager", stage_name="finetune", cache=True, attn="eager")
-    row("finetune_grouped", stage_name="finetune", cache=True, group=True)
-    summary = {
-        "cache_speedup_align": rows["align_nocache"]["step_s"] / rows["align_cache"]["step_s"],
-        "sdpa_over_eager": rows["finetune_eager"]["step_s"] / rows["finetune_sdpa"]["step_s"],
-        "grouped_tokens_per_s_ratio": rows["finetune_grouped"]["tokens_per_s"]
-        / rows["finetune_sdpa"]["tokens_per_s"]}
+    settings = {"align_nocache": dict(stage_name="align", cache=False),
+                "align_cache": dict(stage_name="align", cache=True),
+                "finetune_sdpa": dict(stage_name="finetune", cache=True),
+                "finetune_eager": dict(stage_name="finetune", cache=True, attn="eager"),
+                "finetune_grouped": dict(stage_name="finetune", cache=True, group=True)}
+    for key in args.rows160:
+        row(key, **settings[key])
+    summary = {}
+    ratios = {"cache_speedup_align": ("align_nocache", "align_cache", "step_s"),
+              "sdpa_over_eager": ("finetune_eager", "finetune_sdpa", "step_s"),
+              "grouped_tokens_per_s_ratio": ("finetune_sdpa", "finetune_grouped", "tokens_per_s")}
+    for name, (a, b, k) in ratios.items():
+        if a in rows and b in rows:
+            summary[name] = (rows[a][k] / rows[b][k] if k == "step_s"
+                             else rows[b][k] / rows[a][k])
     print(json.dumps(summary, indent=1), flush=True)
     import shutil
 
@@ -517,6 +523,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps160", type=int, default=2,
                     help="measured optimizer steps per 160M-shape setting (+1 warm-up)")
     ap.add_argument("--threads160", type=int, default=2, help="torch threads for the 160M part")
+    ap.add_argument("--rows160", nargs="+", default=["align_nocache", "align_cache",
+                                                     "finetune_sdpa", "finetune_eager",
+                                                     "finetune_grouped"],
+                    help="160M-shape settings to run (ratios need both of a pair)")
+    ap.add_argument("--ft-batch160", nargs=2, type=int, default=[4, 2],
+                    metavar=("GLOBAL", "PER_DEVICE"), help="160M fine-tune batch")
     ap.add_argument("--gpu", action="store_true", help="FSDP bf16 tokens/s and MFU on one GPU")
     ap.add_argument("--gpu-models", nargs="+", default=["pythia-410m", "pythia-1b"],
                     choices=sorted(GPU_SHAPES))
