@@ -76,7 +76,9 @@ def group_order(order: np.ndarray, lengths: np.ndarray, *, per_device: int,
     if per_device < 1 or gb % per_device:
         raise ValueError(f"global batch {gb} is not a multiple of per_device {per_device}")
     if window_steps < 1:
-        raise ValueError(f"window_steps must be >= 1, got {window_steps}")
+        from ..config import ConfigError
+
+        raise ConfigError(f"stages.*.group_window_steps must be >= 1, got {window_steps}")
     rng = np.random.default_rng([seed, 0x6C656E])  # independent of the loop's own stream
     out = np.empty_like(order)
     for w0 in range(0, steps, window_steps):
