@@ -281,6 +281,15 @@ class Ctx:
                                cache_dir=self.root / "cache")
 
 
+def build(c: "Ctx", spec):
+    """`build_mllm` with parameters created (and randomly initialised) on the device: a
+    CPU init of a 1B LLM + CLIP-L takes tens of seconds of the budget."""
+    from mllmcl_ray.models.build import build_mllm
+
+    with torch.device(c.device) if c.device.type == "cuda" else contextlib.nullcontext():
+        return build_mllm(spec)
+
+
 def _step_times(stamps: list[float], warmup: int) -> list[float]:
     d = [b - a for a, b in zip(stamps, stamps[1:])]
     return d[warmup:] if len(d) > warmup else d
@@ -293,7 +302,7 @@ def train_row(c: Ctx, llm: str, stage_name: str, *, attn: str | None = None,
     from mllmcl_ray.config import MethodConfig
     from mllmcl_ray.data.collate import Collator
     from mllmcl_ray.methods.base import MethodStack, TaskContext, build_methods
-    from mllmcl_ray.models.build import build_mllm, count_parameters, parts, set_trainable
+    from mllmcl_ray.models.build import count_parameters, parts, set_trainable
     from mllmcl_ray.models.templates import get_template
     from mllmcl_ray.train.loop import train_stage
     from mllmcl_ray.train.mfu import estimate_mfu
@@ -302,7 +311,7 @@ def train_row(c: Ctx, llm: str, stage_name: str, *, attn: str | None = None,
     p = c.plan
     align = stage_name == "align"
     torch.manual_seed(0)
-    mllm = build_mllm(model_spec(c.root, llm, p.vision, p, attn_implementation=attn))
+    mllm = build(c, model_spec(c.root, llm, p.vision, p, attn_implementation=attn))
     set_trainable(mllm.model, "projector" if align else "projector+llm")
     pr = parts(mllm.model)
     n_llm, n_proj = count_parameters(pr["language_model"]) + count_parameters(pr["lm_head"]), \
@@ -405,11 +414,10 @@ def section_generate(c: Ctx, budget: Budget) -> dict:
     from mllmcl_ray.data.images import pixel_values
     from mllmcl_ray.eval.engine.base import GenRequest
     from mllmcl_ray.eval.engine.hf import HFEngine
-    from mllmcl_ray.models.build import build_mllm
 
     p = c.plan
     torch.manual_seed(0)
-    m = build_mllm(model_spec(c.root, p.llms[0], p.vision, p))
+    m = build(c, model_spec(c.root, p.llms[0], p.vision, p))
     with torch.no_grad():  # no end-of-text: both sides generate the full budget
         m.model.lm_head.weight[m.tokenizer.eos_token_id].zero_()
     recs = json.loads((c.root / "a.json").read_text())[:p.gen_prompts]
@@ -468,13 +476,13 @@ def section_generate(c: Ctx, budget: Budget) -> dict:
 
 def section_roundtrip(c: Ctx, budget: Budget) -> dict:
     from mllmcl_ray.data.collate import Collator
-    from mllmcl_ray.models.build import build_mllm, load_mllm, save_mllm
+    from mllmcl_ray.models.build import load_mllm, save_mllm
     from mllmcl_ray.train.loop import forward_batch
     from mllmcl_ray.train.module import MLLMForTraining
 
     p = c.plan
     torch.manual_seed(0)
-    m = build_mllm(model_spec(c.root, p.llms[0], p.vision, p, dtype="bfloat16"))
+    m = build(c, model_spec(c.root, p.llms[0], p.vision, p, dtype="bfloat16"))
     ds = c.data(m, "a")
     batch = Collator(m.tokenizer.pad_token_id, m.image_processor)([ds[i] for i in range(4)])
 
@@ -546,6 +554,9 @@ def section_methods(c: Ctx, budget: Budget) -> dict:
                 prev = str(out)
                 _free()
             times = _step_times(stamps, p.warmup)
+            import shutil
+
+            shutil.rmtree(cfg.output_dir, ignore_errors=True)  # two checkpoints per method
             rows[name] = {"step_s": statistics.median(times), "steps_measured": len(times),
                           "two_tasks_wall_s": time.perf_counter() - t0,
                           "params": METHODS[name]}

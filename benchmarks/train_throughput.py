@@ -300,7 +300,6 @@ def grouping_benchmark(args) -> dict:
     from mllmcl_ray.data.grouping import sample_lengths
     from mllmcl_ray.data.micro.world import generate_world
     from mllmcl_ray.data.tokenized import build_tokenized
-    from mllmcl_ray.models.build import build_mllm
     from mllmcl_ray.models.templates import get_template
     from mllmcl_ray.models.tokenizers import train_bpe_tokenizer
 
