@@ -30,6 +30,23 @@ Plain-loop settings run `--repeats` times and the best counts (other load on the
 only ever slows a run down); each Ray setting is one fit. The 1-minute load average at
 the end is recorded: on a shared 2-core box, figures taken under load are not comparable.
 
+`--parts` picks the CPU parts (default all three):
+
+  micro      the settings above; with Ray also `plain-2t-rayup` / `plain-1t-rayup`, the
+             plain loop run while Ray's daemons are up (the fair baseline for one worker:
+             on 2 cores Ray's raylet, GCS and driver threads compete with a 2-thread loop)
+  grouping   length grouping (`stages.*.group_by_length`, data/grouping.py): padded tokens
+             before/after on the micro world's instruct task (3,000 records, micro-s 64
+             image tokens, global batch 32 / 16 per device) and on a synthetic LLaVA-mix-like
+             length distribution (global 128 / 16 per device), for windows of 1 and 8 steps;
+             then the plain loop's tokens/s with grouping off and on (window 1: every step
+             trains on the same samples), runs alternated, best of `--group-repeats`
+  shape160   Pythia-160M (GPT-NeoX hidden 768 × 12 layers, vocab 50,304) beside a CLIP
+             ViT-L/14-336 tower (576 image tokens), random weights, the plain fp32 loop
+             (benchmarks/gpu_check.py's `train_row`), a few steps each: align steps with
+             and without the feature cache, fine-tune steps with SDPA vs eager attention,
+             and with length grouping on (fine-tune rows use the cache)
+
 GPU mode (`--gpu`, one CUDA GPU): Pythia-410M-shaped (hidden 1024, 24 layers, 16 heads)
 and Pythia-1B-shaped (hidden 2048, 16 layers, 8 heads) GPT-NeoX LLMs, randomly
 initialised from config, inside the LLaVA module (projector + LM; image features are
@@ -38,7 +55,8 @@ with FSDP2 full_shard (world size 1), bf16 mixed precision and activation checkp
 MFU = 6·N·tokens/s / peak (N = LLM + projector parameters; `--peak-flops`, default
 989e12, the H100 SXM dense bf16 peak; mllmcl_ray.train.mfu.estimate_mfu).
 
-Usage:  python benchmarks/train_throughput.py [--steps 40] [--out benchmarks/train_throughput.json]
+Usage:  python benchmarks/train_throughput.py [--parts micro grouping shape160] [--steps 40]
+                                             [--out benchmarks/train_throughput.json]
         python benchmarks/train_throughput.py --gpu [--peak-flops 989e12]
 """
 from __future__ import annotations
@@ -200,6 +218,12 @@ def cpu_benchmark(args) -> dict:
         t = time.perf_counter()
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         ray_init_s = time.perf_counter() - t
+        # The plain loop again while Ray's daemons are up: the fair baseline for one Ray
+        # worker (on 2 cores, Ray's raylet/GCS/driver threads compete with a 2-thread loop).
+        for label, kw, threads in [("plain-2t-rayup", {}, 2), ("plain-1t-rayup", {"threads": 1}, 1)]:
+            res[label] = run_plain(cfg(label, **kw), threads)
+            print(f"{label:16s} {res[label]['tokens_per_s']:9.0f} tok/s  "
+                  f"{res[label]['step_s'] * 1000:7.1f} ms/step", flush=True)
         for label, kw in [("ray-1w-2t", dict(workers=1, threads=2)),
                           ("ray-1w-1t", dict(workers=1, threads=1)),
                           ("ray-2w-1t-ddp", dict(workers=2, threads=1, parallel="ddp",
@@ -218,6 +242,10 @@ def cpu_benchmark(args) -> dict:
     if not args.skip_ray:
         summary["overhead_ratio_ray1w_over_plain"] = res["ray-1w-2t"]["tokens_per_s"] / p2
         summary["overhead_ratio_ray1w_over_plain_1t"] = res["ray-1w-1t"]["tokens_per_s"] / p1
+        summary["ray1w_over_plain_rayup_2t"] = (res["ray-1w-2t"]["tokens_per_s"]
+                                                / res["plain-2t-rayup"]["tokens_per_s"])
+        summary["ray1w_over_plain_rayup_1t"] = (res["ray-1w-1t"]["tokens_per_s"]
+                                                / res["plain-1t-rayup"]["tokens_per_s"])
         for s in ("ddp", "fsdp"):
             t2 = res[f"ray-2w-1t-{s}"]["tokens_per_s"]
             summary[f"scaling_efficiency_{s}"] = t2 / (2 * p1)
@@ -230,6 +258,154 @@ def cpu_benchmark(args) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     return {"mode": "cpu", "steps": args.steps, "global_batch": 16, "results": res,
             "summary": summary}
+
+
+# ---------------------------------------------------------------------------------------
+# length grouping: padded tokens before/after, and the loop's tokens/s
+# ---------------------------------------------------------------------------------------
+def realistic_lengths(n: int, seed: int = 0) -> np.ndarray:
+    """A synthetic LLaVA-1.5-mix-like length distribution (signed: + with an image).
+
+    94 % image samples: 576 image tokens + a lognormal text part (median 150 tokens,
+    σ 0.8: 1-10 turn conversations), 6 % text-only (ShareGPT-like, median 600, σ 0.9);
+    everything capped at 2,048 tokens. A stand-in, not measured on the real mix.
+    """
+    rng = np.random.default_rng(seed)
+    img = rng.random(n) < 0.94
+    text = np.where(img, rng.lognormal(np.log(150), 0.8, n), rng.lognormal(np.log(600), 0.9, n))
+    total = np.minimum(np.where(img, 576, 0) + np.maximum(8, text).astype(int), 2048)
+    return np.where(img, total, -total)
+
+
+def padding_report(lengths: np.ndarray, gb: int, pd: int, steps: int, windows=(1, 8)) -> dict:
+    from mllmcl_ray.config import StageConfig
+    from mllmcl_ray.data.grouping import group_order, padding_stats
+    from mllmcl_ray.train.loop import step_indices
+
+    st = StageConfig(global_batch_size=gb, per_device_batch_size=pd)
+    order = step_indices(len(lengths), st, 0, steps)
+    out = {"global_batch": gb, "per_device": pd, "steps": steps,
+           "off": padding_stats(order, lengths, pd)}
+    for w in windows:
+        out[f"window_{w}"] = padding_stats(group_order(order, lengths, per_device=pd,
+                                                       window_steps=w, seed=0), lengths, pd)
+        out[f"padded_cut_window_{w}"] = 1 - out[f"window_{w}"]["padded"] / out["off"]["padded"]
+    return out
+
+
+def grouping_benchmark(args) -> dict:
+    """Padded tokens with/without grouping on the micro instruct task and on a realistic
+    length distribution; the plain loop's tokens/s on the micro instruct task."""
+    from mllmcl_ray.config import DataSource
+    from mllmcl_ray.data.grouping import sample_lengths
+    from mllmcl_ray.data.micro.world import generate_world
+    from mllmcl_ray.data.tokenized import build_tokenized
+    from mllmcl_ray.models.templates import get_template
+    from mllmcl_ray.models.tokenizers import train_bpe_tokenizer
+
+    tmp = Path(tempfile.mkdtemp(prefix="mllmcl-group-bench-"))
+    world = tmp / "world"
+    man = generate_world(world, seed=0, size="micro")
+    inst = world / "vl" / "instruct" / "train.json"
+    recs = json.loads(inst.read_text())
+    tok = train_bpe_tokenizer([" ".join(t["value"] for t in r["conversations"]) for r in recs]
+                              + [get_template("micro").prompt(recs[0]["conversations"])] * 20,
+                              vocab_size=1000, min_frequency=1)
+    tok.save_pretrained(str(tmp / "tok"))
+    src = DataSource(path=str(inst), image_root=str(man.images_dir))
+    # micro-s: 32 px images, patch 4 -> 64 image tokens; micro stages: global 32, per device 16
+    ds = build_tokenized([src], tok, get_template("micro"), n_image_tokens=64, max_len=512,
+                         seed=0, cache_dir=tmp / "cache")
+    lengths = sample_lengths(ds)
+    out = {"micro_instruct": {"records": len(ds), "mean_len": float(np.abs(lengths).mean()),
+                              **padding_report(lengths, 32, 16, len(ds) // 32)},
+           "realistic_llava_mix": {"note": realistic_lengths.__doc__.split("\n\n")[1].strip(),
+                                   **padding_report(realistic_lengths(20_000), 128, 16, 150)}}
+    for k in ("micro_instruct", "realistic_llava_mix"):
+        r = out[k]
+        print(f"{k:20s} padding {r['off']['padding_fraction'] * 100:5.1f} % -> "
+              f"{r['window_1']['padding_fraction'] * 100:5.1f} % (window 1), "
+              f"{r['window_8']['padding_fraction'] * 100:5.1f} % (window 8): padded tokens "
+              f"-{r['padded_cut_window_1'] * 100:.0f} % / -{r['padded_cut_window_8'] * 100:.0f} %",
+              flush=True)
+    # the loop itself, micro model, plain loop, 1 thread: same samples per step (window 1)
+    torch.set_num_threads(1)
+    from mllmcl_ray.config import StageConfig, StagesConfig
+
+    runs = {}
+    # alternated (off, on, off, on, ...) so that drifting load on a shared box hits both
+    order = [(f"{k}{r}", k == "on") for r in range(args.group_repeats) for k in ("off", "on")]
+    for label, group in order:
+        cfg = make_config(tmp, inst, tmp / f"g-{label}", args.group_steps, threads=1,
+                          global_batch=32, per_device=16)
+        cfg.tasks[0].train = [src]
+        cfg.model.tokenizer = str(tmp / "tok")
+        cfg.model.max_seq_len = 512
+        cfg.stages = StagesConfig(finetune=StageConfig(
+            **{**cfg.stages.finetune.__dict__, "group_by_length": group}))
+        runs[label] = run_plain(cfg, 1)
+        print(f"grouping {label:5s} {runs[label]['tokens_per_s']:8.0f} tok/s "
+              f"{runs[label]['step_s'] * 1000:7.1f} ms/step  first loss "
+              f"{runs[label]['first_loss']:.4f}", flush=True)
+    best = {k: max(v["tokens_per_s"] for n, v in runs.items() if n.startswith(k))
+            for k in ("off", "on")}
+    out["loop_micro_instruct"] = {
+        "runs": runs, "speedup": best["on"] / best["off"], "steps": args.group_steps,
+        "global_batch": 32, "per_device": 16,
+        "first_loss": {k: runs[f"{k}0"]["first_loss"] for k in ("off", "on")}}
+    print(f"grouping loop speed-up {best['on'] / best['off']:.2f}x (best of "
+          f"{args.group_repeats} each)", flush=True)
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# the Pythia-160M + CLIP ViT-L/14-336 shape: cache, attention, grouping ratios
+# ---------------------------------------------------------------------------------------
+def shape160_benchmark(args) -> dict:
+    """Ratios side by side at the real shape (random weights), plain fp32 CPU loop."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import gpu_check as G
+
+    plan = G.Plan(llms=("pythia-160m",), vision="clip-vit-l-14-336", method_llm="pythia-160m",
+                  images=8, steps=args.steps160, warmup=0, ft_batch=tuple(args.ft_batch160),
+                  align_batch=(2, 1),
+                  gen_prompts=0, gen_tokens=0, gen_batch=1, max_seq_len=1024)
+    tmp = Path(tempfile.mkdtemp(prefix="mllmcl-160m-bench-"))
+    G.make_world(tmp, plan, 336)
+    ns = argparse.Namespace(fp32=True, compile=False, reserve_s=0.0)
+    c = G.Ctx(ns, plan, tmp, torch.device("cpu"), plain=True)
+    llm = "pythia-160m"
+    rows = {}
+
+    def row(key, **kw):
+        rows[key] = G.train_row(c, llm, **kw)
+        r = rows[key]
+        print(f"160m {key:22s} {r['step_s']:7.2f} s/step {r['tokens_per_s']:8.0f} tok/s", flush=True)
+
+    settings = {"align_nocache": dict(stage_name="align", cache=False),
+                "align_cache": dict(stage_name="align", cache=True),
+                "finetune_sdpa": dict(stage_name="finetune", cache=True),
+                "finetune_eager": dict(stage_name="finetune", cache=True, attn="eager"),
+                "finetune_grouped": dict(stage_name="finetune", cache=True, group=True)}
+    for key in args.rows160:
+        row(key, **settings[key])
+    summary = {}
+    ratios = {"cache_speedup_align": ("align_nocache", "align_cache", "step_s"),
+              "sdpa_over_eager": ("finetune_eager", "finetune_sdpa", "step_s"),
+              "grouped_tokens_per_s_ratio": ("finetune_sdpa", "finetune_grouped", "tokens_per_s")}
+    for name, (a, b, k) in ratios.items():
+        if a in rows and b in rows:
+            summary[name] = (rows[a][k] / rows[b][k] if k == "step_s"
+                             else rows[b][k] / rows[a][k])
+    print(json.dumps(summary, indent=1), flush=True)
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    return {"plan": plan.__dict__, "rows": rows, "summary": summary,
+            "threads": torch.get_num_threads()}
 
 
 # ---------------------------------------------------------------------------------------
@@ -336,6 +512,22 @@ def main(argv=None) -> dict:
                     help="runs of each plain-loop setting; the best counts (Ray settings: one fit)")
     ap.add_argument("--out", default=None, help="JSON output (default benchmarks/"
                     "train_throughput.json, or train_throughput_gpu.json with --gpu)")
+    ap.add_argument("--parts", nargs="+", default=["micro", "grouping", "shape160"],
+                    choices=["micro", "grouping", "shape160"],
+                    help="CPU parts: micro (plain vs Ray, cache), grouping (padding and "
+                         "loop tokens/s), shape160 (Pythia-160M + CLIP-L/14-336 ratios)")
+    ap.add_argument("--group-steps", type=int, default=10, help="optimizer steps per grouping run")
+    ap.add_argument("--group-repeats", type=int, default=3,
+                    help="alternating off/on runs of the grouping loop (the best counts)")
+    ap.add_argument("--steps160", type=int, default=2,
+                    help="measured optimizer steps per 160M-shape setting (+1 warm-up)")
+    ap.add_argument("--threads160", type=int, default=2, help="torch threads for the 160M part")
+    ap.add_argument("--rows160", nargs="+", default=["align_nocache", "align_cache",
+                                                     "finetune_sdpa", "finetune_eager",
+                                                     "finetune_grouped"],
+                    help="160M-shape settings to run (ratios need both of a pair)")
+    ap.add_argument("--ft-batch160", nargs=2, type=int, default=[4, 2],
+                    metavar=("GLOBAL", "PER_DEVICE"), help="160M fine-tune batch")
     ap.add_argument("--gpu", action="store_true", help="FSDP bf16 tokens/s and MFU on one GPU")
     ap.add_argument("--gpu-models", nargs="+", default=["pythia-410m", "pythia-1b"],
                     choices=sorted(GPU_SHAPES))
@@ -351,7 +543,17 @@ def main(argv=None) -> dict:
     out = Path(args.out or here / ("train_throughput_gpu.json" if args.gpu
                                    else "train_throughput.json"))
     t = time.time()
-    res = gpu_benchmark(args) if args.gpu else cpu_benchmark(args)
+    if args.gpu:
+        res = gpu_benchmark(args)
+    else:
+        res = {"mode": "cpu", "parts": args.parts}
+        if "micro" in args.parts:
+            res.update(cpu_benchmark(args))
+        if "grouping" in args.parts:
+            res["grouping"] = grouping_benchmark(args)
+        if "shape160" in args.parts:
+            torch.set_num_threads(args.threads160)
+            res["shape160"] = shape160_benchmark(args)
     res.update(date=time.strftime("%Y-%m-%d"), machine=platform.machine(),
                cpus=os.cpu_count(), torch=torch.__version__, total_s=time.time() - t,
                load_avg_1m=os.getloadavg()[0])

@@ -66,6 +66,8 @@ class ModelSpec:
     max_seq_len: int = 2048  # longest tokenised sample; longer ones are truncated
     scale: float | None = None  # LLM parameter count for scale rules/reports; None: counted
     init: str | None = None  # LLaVA-format MLLM checkpoint dir/hub id to start from (EMT: instruction-tuned LLaVA); None: llm + vision + fresh projector
+    attn_implementation: str | None = None  # "sdpa", "flash_attention_2" (GPU, flash-attn
+    # installed), "eager"; None: transformers' default (sdpa where the family supports it)
 
     def __post_init__(self):
         _one_of(self, "dtype", ("float32", "bfloat16", "float16"))
@@ -92,6 +94,9 @@ class StageConfig:
     max_grad_norm: float = 1.0  # gradient clipping (0 disables)
     train: str = "projector+llm"  # what trains: "projector" or "projector+llm" (methods may narrow it)
     parallel: str = "full_shard"  # distributed strategy: full_shard, shard_grad_op, ddp, none
+    group_by_length: bool = False  # length-grouped micro-batches (data/grouping.py, LLaVA's
+    # group_by_modality_length): less padding; the samples of each window of steps are kept
+    group_window_steps: int = 1  # optimizer steps regrouped together (1: each step keeps its samples)
 
     # fields a rule can derive: {field: (rule field, the rule value that uses the field)}
     derived: typing.ClassVar[dict[str, tuple[str, str]]] = {"lr": ("lr_rule", "fixed")}

@@ -11,6 +11,7 @@ checkpoint, another seed of a random tower — never reads stale features.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -48,9 +49,17 @@ def image_key(path: str) -> str:
 class FeatureCache:
     """Tower features by image, persisted as safetensors shards."""
 
-    def __init__(self, root: str | Path, mllm, batch_size: int = 64):
+    def __init__(self, root: str | Path, mllm, batch_size: int = 64,
+                 device: torch.device | str | None = None,
+                 compute_dtype: torch.dtype | None = None):
+        """`device`: move the (frozen) tower there to fill the cache (None: where it is);
+        `compute_dtype`: autocast the tower's forward to it on CUDA (e.g. bf16; None: the
+        tower's own dtype). Features are stored as the tower returns them."""
         model = unwrap(mllm.model)
         self.tower = parts(model)["vision_tower"]
+        if device is not None:
+            self.tower.to(device)
+        self.compute_dtype = compute_dtype
         self.layer = model.config.vision_feature_layer
         self.processor = mllm.image_processor
         self.batch_size = batch_size
@@ -78,8 +87,13 @@ class FeatureCache:
         keys, feats = [], []
         for i in range(0, len(mine), self.batch_size):
             chunk = mine[i:i + self.batch_size]
-            pv = pixel_values(self.processor, chunk).to(next(self.tower.parameters()).dtype)
-            f = tower_features(self.tower, pv, self.layer).contiguous().cpu()
+            p0 = next(self.tower.parameters())
+            pv = pixel_values(self.processor, chunk).to(device=p0.device, dtype=p0.dtype)
+            amp = (torch.autocast(p0.device.type, dtype=self.compute_dtype)
+                   if self.compute_dtype is not None and p0.device.type == "cuda"
+                   else contextlib.nullcontext())
+            with amp:
+                f = tower_features(self.tower, pv, self.layer).contiguous().cpu()
             for p, v in zip(chunk, f):
                 k = image_key(p)
                 self.mem[k] = v

@@ -112,11 +112,17 @@ def llm_parameter_count(model) -> int:
 # ---------------------------------------------------------------------------------------
 # building
 # ---------------------------------------------------------------------------------------
+def _attn_kwargs(spec: ModelSpec) -> dict:
+    """`attn_implementation` for transformers (empty: its default, sdpa where supported)."""
+    return {"attn_implementation": spec.attn_implementation} if spec.attn_implementation else {}
+
+
 def _load_llm(spec: ModelSpec, dtype: torch.dtype):
     if spec.llm:
         try:
             return AutoModelForCausalLM.from_pretrained(
-                spec.llm, dtype=dtype, trust_remote_code=spec.trust_remote_code)
+                spec.llm, dtype=dtype, trust_remote_code=spec.trust_remote_code,
+                **_attn_kwargs(spec))
         except OSError as e:
             raise _model_path_error(
                 f"model.llm {spec.llm!r} for model {spec.name!r} is neither a local directory "
@@ -128,13 +134,13 @@ def _load_llm(spec: ModelSpec, dtype: torch.dtype):
     cfg_kwargs = dict(spec.llm_config)
     model_type = cfg_kwargs.pop("model_type", get_family(spec.family).model_type)
     config = AutoConfig.for_model(model_type, **cfg_kwargs)
-    return AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype, **_attn_kwargs(spec))
 
 
 def _load_vision(spec: ModelSpec, dtype: torch.dtype) -> CLIPVisionModel:
     if spec.vision:
         try:
-            return CLIPVisionModel.from_pretrained(spec.vision, dtype=dtype)
+            return CLIPVisionModel.from_pretrained(spec.vision, dtype=dtype, **_attn_kwargs(spec))
         except OSError as e:
             raise _model_path_error(
                 f"model.vision {spec.vision!r} for model {spec.name!r} is neither a local "
@@ -142,7 +148,10 @@ def _load_vision(spec: ModelSpec, dtype: torch.dtype) -> CLIPVisionModel:
                 .replace("{e}", str(e))) from e
     if not spec.vision_config:
         raise ConfigError(f"model {spec.name!r}: set model.vision or model.vision_config")
-    return CLIPVisionModel(CLIPVisionConfig(**spec.vision_config)).to(dtype)
+    cfg = CLIPVisionConfig(**spec.vision_config)
+    if spec.attn_implementation:
+        cfg._attn_implementation = spec.attn_implementation
+    return CLIPVisionModel(cfg).to(dtype)
 
 
 def make_image_processor(image_size: int, source: str | None = None):
@@ -191,6 +200,10 @@ def build_mllm(spec: ModelSpec, tokenizer=None) -> MLLM:
     if spec.init:
         return _init_mllm(spec)
     get_family(spec.family)  # fail early on an unknown family
+    if spec.attn_implementation not in (None, "eager", "sdpa", "flash_attention_2",
+                                        "flash_attention_3", "flex_attention"):
+        raise ConfigError(f"model.attn_implementation {spec.attn_implementation!r} must be "
+                          "eager, sdpa, flash_attention_2, flash_attention_3 or flex_attention")
     if spec.dtype not in _DTYPES:
         raise ConfigError(f"model.dtype {spec.dtype!r} must be one of {sorted(_DTYPES)}")
     dtype = _DTYPES[spec.dtype]
@@ -225,6 +238,8 @@ def build_mllm(spec: ModelSpec, tokenizer=None) -> MLLM:
             mod.reset_parameters()
     proj.to(dtype)
     model.config.text_config = llm.config
+    if spec.attn_implementation:  # the container's init reset the sub-configs to its default
+        model.set_attn_implementation(spec.attn_implementation)
     set_trainable(model, "projector+llm")
     model.eval()
     image_processor = make_image_processor(vision.config.image_size, spec.vision)
@@ -295,7 +310,7 @@ def load_mllm(path: str | Path, spec: ModelSpec | None = None) -> MLLM:
     meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).exists() else {}
     if spec is None:
         spec = ModelSpec(**meta["spec"]) if "spec" in meta else ModelSpec(name=path.name)
-    model = LlavaForConditionalGeneration.from_pretrained(str(path))
+    model = LlavaForConditionalGeneration.from_pretrained(str(path), **_attn_kwargs(spec))
     _restore_lm_head_bias(model, path)
     model.eval()
     tok = ensure_special_tokens(load_tokenizer(str(path)))

@@ -38,8 +38,10 @@ class StageResult:
     tokens_per_s: float = 0.0  # all workers
 
 
-def step_indices(n: int, stage: StageConfig, seed: int, total_steps: int) -> np.ndarray:
-    """[total_steps, global_batch] sample indices: seeded epochs of permutations."""
+def step_indices(n: int, stage: StageConfig, seed: int, total_steps: int,
+                 lengths: np.ndarray | None = None) -> np.ndarray:
+    """[total_steps, global_batch] sample indices: seeded epochs of permutations
+    (regrouped by length when `stage.group_by_length`; `lengths`: data/grouping.py)."""
     if n <= 0:  # would loop forever below (epochs of empty permutations)
         from ..errors import DataError
 
@@ -50,7 +52,13 @@ def step_indices(n: int, stage: StageConfig, seed: int, total_steps: int) -> np.
     while have < need:
         chunks.append(rng.permutation(n))
         have += n
-    return np.concatenate(chunks)[:need].reshape(total_steps, stage.global_batch_size)
+    order = np.concatenate(chunks)[:need].reshape(total_steps, stage.global_batch_size)
+    if stage.group_by_length and lengths is not None:
+        from ..data.grouping import group_order
+
+        order = group_order(order, lengths, per_device=stage.per_device_batch_size,
+                            window_steps=stage.group_window_steps, seed=seed)
+    return order
 
 
 def epoch_end_steps(n: int, stage: StageConfig, total_steps: int) -> dict[int, int]:
@@ -87,7 +95,10 @@ def train_stage(module, dataset, stage: StageConfig, method: ContinualMethod, st
     world, rank = strategy.world_size, strategy.rank
     accum = accumulation_steps(stage, world, stage_name)
     total = num_optimizer_steps(stage, len(dataset))
-    order = step_indices(len(dataset), stage, seed, total)
+    from ..data.grouping import sample_lengths
+
+    order = step_indices(len(dataset), stage, seed, total,
+                         lengths=sample_lengths(dataset) if stage.group_by_length else None)
     opt = make_optimizer(module.parameters(), stage, lr if lr is not None else stage.lr)
     sched = make_scheduler(opt, stage, total)
     if optimizer_state:

@@ -78,10 +78,13 @@ def ensure_ray(**init_kwargs) -> bool:
     return True
 
 
-def threads_per_worker(trainer, local_workers: int) -> int:
-    """torch threads for one worker: `trainer.threads_per_worker`, else cores / workers here."""
+def threads_per_worker(trainer, local_workers: int, assigned_cpus: float | None = None) -> int:
+    """torch threads for one worker: `trainer.threads_per_worker`, else the CPUs Ray
+    assigned to the worker (`trainer.cpus_per_worker`), else cores / workers here."""
     if trainer.threads_per_worker:
         return int(trainer.threads_per_worker)
+    if assigned_cpus:
+        return max(1, int(assigned_cpus))
     return max(1, (os.cpu_count() or 1) // max(1, local_workers))
 
 
@@ -158,7 +161,10 @@ def train_loop_per_worker(config: dict) -> None:
     step: StepPlan = config["step"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(threads_per_worker(cfg.trainer, ctx.get_local_world_size()))
+    # In this (Ray Train's training) thread: OpenMP thread counts are per calling thread.
+    torch.set_num_threads(threads_per_worker(
+        cfg.trainer, ctx.get_local_world_size(),
+        ray.get_runtime_context().get_assigned_resources().get("CPU")))
     device = torch.device("cpu")
     if cfg.trainer.use_gpu:
         import ray.train.torch
