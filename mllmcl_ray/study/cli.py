@@ -149,7 +149,30 @@ def preflight(ctx: StudyContext, plans: list[Plan]) -> int:
                                   progress=not ctx.args.quiet)
         ctx.log(report.text())
         status = max(status, 0 if report.ok else 1)
+    if status == 0:
+        ctx.log(study_cost(plans, ctx.log))
     return status
+
+
+def study_cost(plans: list[Plan], log=print, sample_records: int = 200) -> str:
+    """The cost table (cost.py: tokens, FLOPs, GPU memory per worker, GPU-hours) of every
+    run of the plans, token lengths from up to `sample_records` records per stage. A run
+    whose cost cannot be known offline (no model config here) is named, not fatal."""
+    from ..cost import estimate_run_cost, format_cost_table
+    from ..sweep import apply_overrides, expand_grid
+
+    costs, skipped = [], []
+    for p in plans:
+        for combo in expand_grid(p.space):
+            cfg = apply_overrides(p.base, combo)
+            try:
+                costs.append(estimate_run_cost(cfg, sample_records=sample_records))
+            except ConfigError as e:
+                skipped.append(f"{cfg.model.name} {cfg.method.name}: {e}")
+    text = format_cost_table(costs) if costs else "no run's cost could be estimated"
+    if skipped:
+        text += f"\ncost not estimated for {len(skipped)} run(s): " + "; ".join(skipped[:3])
+    return text
 
 
 def dry_run_plans(ctx: StudyContext, plans: list[Plan]) -> int:
