@@ -65,7 +65,7 @@ def main() -> None:
 
     from mllmcl_ray.eval.service import read_eval_log
     from mllmcl_ray.runner import results_dir, run_and_evaluate
-    from mllmcl_ray.study import micro_run_config, prepare_micro
+    from mllmcl_ray.presets.micro import micro_run_config, prepare_micro
 
     work = Path(args.work or tempfile.mkdtemp(prefix="eval-overlap-"))
     prep = prepare_micro(work / "prep", sizes=[args.size], world_size=args.world, progress=False,

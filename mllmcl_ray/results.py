@@ -110,9 +110,10 @@ PREDICTION_SCHEMA = pa.schema(
         ("reference", pa.string()),
         ("correct", pa.float64()),
         ("extra", pa.string()),
+        ("epoch", pa.int64()),
     ]
 )
-PREDICTION_KEY = ("run_id", "trained_task_index", "eval_task", "dataset", "sample_id")
+PREDICTION_KEY = ("run_id", "trained_task_index", "eval_task", "dataset", "sample_id", "epoch")
 
 _PART_PREFIX = "part-"
 _PART_SUFFIX = ".parquet"
@@ -433,11 +434,12 @@ class PredictionStore(_PartStore):
 
     Columns: run_id, trained_task_index, eval_task, dataset, sample_id, prompt, output,
     reference (str), correct (float), extra (JSON string; a dict or list is serialised,
-    a string must parse as JSON).
+    a string must parse as JSON), epoch (as in result rows: 0 = end of task).
     """
 
     schema = PREDICTION_SCHEMA
     key = PREDICTION_KEY
+    defaults = RESULT_DEFAULTS  # epoch: 0 (end of task) when a row or an older part lacks it
     kind = "prediction row"
 
     def __init__(self, root: str | os.PathLike):
@@ -472,7 +474,8 @@ def commit_rows(store: ResultStore | None, predictions: PredictionStore | None,
     if predictions is not None:
         # predictions left by a writer killed before its result rows, or by the stale
         # scoring being replaced: the fresh ones replace them
-        predictions.delete_groups(group_maps)
+        epochs = sorted({int(r.get("epoch") or 0) for r in rows}) or [0]
+        predictions.delete_groups([dict(g, epoch=e) for g in group_maps for e in epochs])
         if preds:
             predictions.append(preds)
     if store is not None:

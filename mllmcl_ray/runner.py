@@ -90,7 +90,7 @@ def eval_jobs(cfg: RunConfig, step, checkpoint: str, run_id: str, study: str, sc
                    "zero_shot" if zero else step.task_name,
                    nl_sets=[] if zero else list(cfg.nl_sets),
                    vl_tasks=[v for v in vl if v[2]], emt_tasks=[e for e in emt if e[2]],
-                   checkpoint_id=checkpoint)
+                   checkpoint_id=checkpoint, epoch=int(step.epoch))
 
 
 class RunEvaluation:

@@ -245,3 +245,34 @@ def test_callbacks_see_every_hook_in_order(tmp_path):
     assert rec.log == [("start", "02-colour", 0), ("step", 1), ("step", 2), ("log", 2),
                        ("epoch", 1, 2), ("step", 3), ("ckpt", 3, ["optimizer", "scheduler"]),
                        ("step", 4), ("log", 4), ("epoch", 2, 4), ("end",), ("save", "ck")]
+
+
+def test_eval_every_epoch_rows_reach_the_store_keyed_by_epoch(tmp_path):
+    """run_and_evaluate with `eval_every_epoch`: rows after epochs 1 and 2 (epoch column
+    1, 2) and at the task's end (epoch 0, the epoch-3 model) are all stored, none skipped
+    as "already there"; their predictions carry the epoch too; a rerun writes nothing."""
+    import dataclasses
+
+    from mllmcl_ray.results import PredictionStore, ResultStore
+    from mllmcl_ray.runner import results_dir, run_and_evaluate
+
+    cfg = tiny_run_config(tmp_path / "w", steps=None, n_train=16)
+    cfg = merge(cfg, {"stages": {"finetune": {"schedule": "constant", "epochs": 3.0}},
+                      "eval": {"nl": False, "placement": "driver"}})
+    cfg.align = []
+    cfg.tasks = [dataclasses.replace(cfg.tasks[0], eval_every_epoch=True)]
+    run_id = run_and_evaluate(cfg, progress=False, log=lambda s: None)
+    df = ResultStore(results_dir(cfg)).read()
+    acc = df[(df["run_id"] == run_id) & (df["metric"] == "accuracy")
+             & (df["trained_task_index"] == 2)]
+    assert sorted(acc["epoch"].tolist()) == [0, 1, 2]
+    ckpts = dict(zip(acc["epoch"], acc["checkpoint_id"]))
+    assert Path(ckpts[1]).name.endswith("epoch01") and Path(ckpts[2]).name.endswith("epoch02")
+    assert not Path(ckpts[0]).name.endswith(("epoch01", "epoch02"))
+    preds = PredictionStore(results_dir(cfg)).read()
+    preds = preds[(preds["run_id"] == run_id) & (preds["trained_task_index"] == 2)]
+    n = int(acc["n"].iloc[0])
+    assert preds.groupby("epoch").size().to_dict() == {0: n, 1: n, 2: n}
+    before = len(df)
+    run_and_evaluate(cfg, progress=False, log=lambda s: None)
+    assert len(ResultStore(results_dir(cfg)).read()) == before

@@ -279,6 +279,7 @@ def test_judge_samples_as_coin_and_uses_the_grounding_rule():
             return ["8"] * len(requests)
 
     eng = Recording()
+    eng.template = None  # a judge is a plain LM: its prompt carries CoIN's system message
     j = Judge(eng, judge_id="qwen")
     r = j.judge_answers([("ball 0", "[0.1, 0.1, 0.5, 0.5]", "[0.1, 0.1, 0.5, 0.5]")],
                         rule="CoIN_Grounding")

@@ -28,7 +28,7 @@ def micro_nl(tmp_path_factory):
     from mllmcl_ray.eval.engine.hf import HFEngine
     from mllmcl_ray.models.build import build_mllm
     from mllmcl_ray.models.tokenizers import train_bpe_tokenizer
-    from mllmcl_ray.study import nl_sets_from_manifest
+    from mllmcl_ray.presets.micro import nl_sets_from_manifest
 
     root = tmp_path_factory.mktemp("parity")
     os.environ.setdefault("HF_HOME", str(root / "hf"))

@@ -64,6 +64,7 @@ class EvalJob:
     vl_tasks: list[tuple[int, str, list[EvalSet]]] = field(default_factory=list)
     emt_tasks: list[tuple[int, str, list[EvalSet]]] = field(default_factory=list)
     checkpoint_id: str | None = None
+    epoch: int = 0  # 0: end of the trained task; e ≥ 1: after epoch e inside it (eval_every_epoch)
 
 
 def _meta(run_meta: dict) -> dict:
@@ -165,7 +166,7 @@ class Evaluator:
         return out
 
     def pending(self, plan: list[PlannedSet], run_id: str, trained_task_index: int,
-                checkpoint_id: str | None = None) -> list[PlannedSet]:
+                checkpoint_id: str | None = None, epoch: int = 0) -> list[PlannedSet]:
         """The planned sets with at least one metric key not yet stored, plus the stored
         ones that are stale (`stale_reason`: scored on another eval set, checkpoint or
         generation budget than they would be now; they are recomputed, and it says so)."""
@@ -175,8 +176,8 @@ class Evaluator:
         out = []
         stored = None
         for p in plan:
-            if any((run_id, int(trained_task_index), p.eval_task, p.eval_set.name, m) not in have
-                   for m in p.metrics):
+            if any((run_id, int(trained_task_index), p.eval_task, p.eval_set.name, m, int(epoch))
+                   not in have for m in p.metrics):
                 out.append(p)
                 continue
             if stored is None:  # one read for every stored set of this checkpoint
@@ -184,7 +185,7 @@ class Evaluator:
                     {"run_id": run_id, "trained_task_index": int(trained_task_index)},
                     columns=["eval_task", "dataset", "metric", "eval_set_hash", "checkpoint_id",
                              "decoding", "epoch"])
-            why = self.stale_reason(p, stored, checkpoint_id)
+            why = self.stale_reason(p, stored, checkpoint_id, epoch)
             if why:
                 print(f"[{run_id}] recomputing {p.eval_task}/{p.eval_set.name} after task "
                       f"{trained_task_index}: {why}")
@@ -192,13 +193,13 @@ class Evaluator:
                 out.append(p)
         return out
 
-    def stale_reason(self, p: PlannedSet, stored: pd.DataFrame, checkpoint_id: str | None
-                     ) -> str | None:
+    def stale_reason(self, p: PlannedSet, stored: pd.DataFrame, checkpoint_id: str | None,
+                     epoch: int = 0) -> str | None:
         """Why the stored rows (`stored`: this checkpoint's) of a planned set no longer
         match what it would be scored on now (eval-set content hash, checkpoint id,
         max_new_tokens), or None."""
-        if "epoch" in stored:  # end-of-task rows (epoch 0) only
-            stored = stored[stored["epoch"] == 0]
+        if "epoch" in stored:  # this evaluation point's rows only
+            stored = stored[stored["epoch"].fillna(0) == int(epoch)]
         stored = stored[(stored["eval_task"] == p.eval_task)
                         & (stored["dataset"] == p.eval_set.name)
                         & stored["metric"].isin(list(p.metrics))]
@@ -252,12 +253,12 @@ class Evaluator:
                             trained_task_index=job.trained_task_index,
                             trained_task=job.trained_task, nl_sets=job.nl_sets,
                             vl_tasks=job.vl_tasks, emt_tasks=job.emt_tasks,
-                            checkpoint_id=job.checkpoint_id, write=write)
+                            checkpoint_id=job.checkpoint_id, write=write, epoch=job.epoch)
 
     def compute(self, model: Any, *, run_meta: dict, trained_task_index: int, trained_task: str,
                 nl_sets: Sequence[EvalSet] = (), vl_tasks: VLTasks = (),
-                emt_tasks: VLTasks = (), checkpoint_id: str | None = None, write: bool = False
-                ) -> tuple[list[dict], list[dict]]:
+                emt_tasks: VLTasks = (), checkpoint_id: str | None = None, write: bool = False,
+                epoch: int = 0) -> tuple[list[dict], list[dict]]:
         """(result rows, prediction rows) for the sets not yet stored; with `write` each
         dataset's rows are appended to the stores as soon as it is scored."""
         meta = _meta(run_meta)
@@ -265,11 +266,11 @@ class Evaluator:
             str(model) if isinstance(model, (str, Path))
             else f"{meta['run_id']}/task{int(trained_task_index)}")
         todo = self.pending(self.plan(nl_sets=nl_sets, vl_tasks=vl_tasks, emt_tasks=emt_tasks),
-                            meta["run_id"], trained_task_index, str(ckpt_id))
+                            meta["run_id"], trained_task_index, str(ckpt_id), int(epoch))
         if not todo:
             return [], []
         base = dict(meta, trained_task_index=int(trained_task_index),
-                    trained_task=str(trained_task), checkpoint_id=str(ckpt_id))
+                    trained_task=str(trained_task), checkpoint_id=str(ckpt_id), epoch=int(epoch))
         engine = self.engine_for(model)
         all_rows: list[dict] = []
         all_preds: list[dict] = []
@@ -371,5 +372,6 @@ class Evaluator:
                          "output": str(out),
                          "reference": ref if isinstance(ref, str) else json.dumps(ref),
                          "correct": float(correct if correct is not None else math.nan),
-                         "extra": {k: v for k, v in s.items() if k not in main}})
+                         "extra": {k: v for k, v in s.items() if k not in main},
+                         "epoch": base["epoch"]})
         return rows

@@ -152,11 +152,11 @@ class ModelRef:
 
 
 def job_key(job: EvalJob) -> str:
-    """One (checkpoint, dataset) job's identity: run, trained task, eval task, dataset."""
+    """One (checkpoint, dataset) job's identity: run, trained task, epoch, eval task, dataset."""
     sets = ([("nl", "nl", e.name) for e in job.nl_sets]
             + [("vl", t, e.name) for _, t, es in job.vl_tasks for e in es]
             + [("emt", t, e.name) for _, t, es in job.emt_tasks for e in es])
-    return json.dumps([job.run_meta["run_id"], int(job.trained_task_index), sets])
+    return json.dumps([job.run_meta["run_id"], int(job.trained_task_index), int(job.epoch), sets])
 
 
 # ---------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def split_job(job: EvalJob, evaluator: Evaluator, granularity: str = "dataset") 
     """The pending part of `job`, as one job per dataset (or one per checkpoint)."""
     plan = evaluator.pending(
         evaluator.plan(nl_sets=job.nl_sets, vl_tasks=job.vl_tasks, emt_tasks=job.emt_tasks),
-        str(job.run_meta["run_id"]), job.trained_task_index)
+        str(job.run_meta["run_id"]), job.trained_task_index, epoch=job.epoch)
     if not plan:
         return []
 
