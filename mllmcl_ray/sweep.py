@@ -689,8 +689,8 @@ def dry_run(base: RunConfig, space: Mapping[str, list], study: str, log=print) -
     bad = 0
     for i, c in enumerate(combos):
         cfg = apply_overrides(base, c)
-        try:
-            notes = validate_run_config(cfg)
+        try:  # resources are checked where the run starts (the cluster may differ)
+            notes = validate_run_config(cfg, check_resources=False)
         except ConfigError as e:
             bad += 1
             log(f"[{study}] run {i + 1}/{len(combos)} {cfg.model.name} {cfg.method.name} seed "

@@ -445,7 +445,7 @@ def test_corrupt_parts_are_skipped_named_and_repaired(tmp_path):
         assert list(fresh.read()["value"]) == [0.2]
     with pytest.warns(R.UnreadablePartWarning):
         assert not fresh.has(("r1", 2, "nl", "lambada", "accuracy"))  # k=2 counts as missing
-    assert fresh.has(("r1", 3, "nl", "lambada", "accuracy"))
+        assert fresh.has(("r1", 3, "nl", "lambada", "accuracy"))
     moved = fresh.repair()
     assert [(m[0].name, m[1]) for m in moved] == [(bad.name, tmp_path / "quarantine" / bad.name)]
     assert "ArrowInvalid" in moved[0][2] or "Parquet" in moved[0][2]
