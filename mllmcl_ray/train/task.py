@@ -260,7 +260,11 @@ def run_step(cfg: RunConfig, step: StepPlan, prev_checkpoint: str | None, out_di
     if feature_cache_dir is not None:
         from ..data.feature_cache import FeatureCache
 
-        features = FeatureCache(feature_cache_dir, mllm)
+        # fill on the worker's device (the model moves there only at wrap), in bf16 on CUDA
+        # when the stage trains in bf16: the frozen tower's forward is most of the fill
+        bf16 = strategy.mixed_precision == "bf16" and strategy.device.type == "cuda"
+        features = FeatureCache(feature_cache_dir, mllm, device=strategy.device,
+                                compute_dtype=torch.bfloat16 if bf16 else None)
         paths = sorted(set().union(*[set(d.image_paths()) for d in _leaves(datasets)]))
         features.precompute(paths, strategy.rank, strategy.world_size)
         strategy.barrier()
