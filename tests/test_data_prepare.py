@@ -305,9 +305,10 @@ def test_coin_and_emt_converters(root):
     mini = _load(root / "emt" / "miniimagenet" / "train.json")
     assert sorted({r["label"] for r in mini}) == ["house finch", "robin", "triceratops"]
     mn = _load(root / "emt" / "mnist" / "test.json")
+    # EMT's prompt as the paper prints it: the labels without brackets, "number" for MNIST
     assert mn[3]["conversations"][0]["value"] == (
         "<image>\nWhat is the number in the image? Please only answer a single number in "
-        "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9].")
+        "0, 1, 2, 3, 4, 5, 6, 7, 8, 9.")
 
 
 # ---------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ HELP_OPTIONS = {
     "coin": ["--order", "--instructions", "--volumes", "--experts", "--methods", "--baselines",
              "--judge", "alphabet", "10type", "MAA", "BWT", "ray job submit"],
     "emt": ["--sets", "--train-set", "--epochs", "--methods", "--clip-prompt", "--no-clip",
-            "epoch-1", "trained_task_index", "ray job submit"],
+            "--models", "--init", "eval_every_epoch", "trained_task_index", "ray job submit"],
 }
 
 
@@ -173,9 +173,9 @@ def test_study_grids():
     emt = load_study("emt")
     from mllmcl_ray.config import DataSource, EvalSet
 
-    tasks = emt.epoch_tasks(DataSource("t.json"), [EvalSet("a"), EvalSet("b")], 3)
-    assert [t.name for t in tasks] == ["epoch-1", "epoch-2", "epoch-3"]
-    assert [len(t.eval) for t in tasks] == [2, 0, 0] and all(t.train[0].path == "t.json" for t in tasks)
+    task = emt.finetune_task(DataSource("t.json"), [EvalSet("a"), EvalSet("b")])
+    assert task.eval_every_epoch and [e.name for e in task.eval] == ["a", "b"]
+    assert task.train[0].path == "t.json"
 
 
 # ---------------------------------------------------------------------------------------

@@ -92,13 +92,13 @@ def expected_eval_set_hash(p: PlannedSet, cfg: EvalConfig) -> str | None:
             limit = [m for m in (es.max_samples, cfg.nl_max_samples) if m is not None]
             docs = load_nl_docs(es, min(limit) if limit else None, cfg.seed)
             return content_hash([nl_kind(es.name, es.kind, docs[0] if docs else None), docs])
-        from .suites.vl import load_eval_records, record_fingerprint, use_ocr
+        from .suites.emt import emt_set_hash
+        from .suites.vl import load_eval_records, use_ocr, vl_set_hash
 
         records = load_eval_records(es, cfg.seed)
-        fps = [record_fingerprint(r) for r in records]
         if p.suite == "emt":
-            return content_hash(["emt", "object", fps])
-        return content_hash([es.kind, use_ocr(es, None), fps])
+            return emt_set_hash(es, records)
+        return vl_set_hash(es, records, use_ocr(es, None))
     except (OSError, ValueError):  # unreadable now: scoring will say what is wrong
         return None
 

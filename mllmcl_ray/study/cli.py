@@ -167,8 +167,8 @@ def study_cost(plans: list[Plan], log=print, sample_records: int = 200) -> str:
             cfg = apply_overrides(p.base, combo)
             try:
                 costs.append(estimate_run_cost(cfg, sample_records=sample_records))
-            except ConfigError as e:
-                skipped.append(f"{cfg.model.name} {cfg.method.name}: {e}")
+            except (ConfigError, OSError, ValueError) as e:  # e.g. no tokenizer here offline
+                skipped.append(f"{cfg.model.name} {cfg.method.name}: {str(e).splitlines()[0]}")
     text = format_cost_table(costs) if costs else "no run's cost could be estimated"
     if skipped:
         text += f"\ncost not estimated for {len(skipped)} run(s): " + "; ".join(skipped[:3])

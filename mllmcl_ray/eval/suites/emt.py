@@ -78,6 +78,13 @@ def record_labels(records: list[dict]) -> list[list[str]]:
     return out
 
 
+def emt_set_hash(eval_set: EvalSet, records: list[dict], noun: str | None = None) -> str:
+    """The `eval_set_hash` of an EMT set: its records and the noun(s) its prompts use
+    (the evaluator compares it with stored rows to find stale ones)."""
+    nouns = {noun or emt_noun(eval_set.name, labels) for labels in record_labels(records)}
+    return content_hash(["emt", sorted(nouns), [record_fingerprint(r) for r in records]])
+
+
 def run_emt_set(engine, eval_set: EvalSet, *, template=None, seed: int = 0,
                 embedder: Embedder | None = None, judge=None, noun: str | None = None,
                 max_samples: int | None = -1) -> SuiteResult:
@@ -88,10 +95,8 @@ def run_emt_set(engine, eval_set: EvalSet, *, template=None, seed: int = 0,
     records = load_eval_records(eval_set, seed, max_samples)
     label_sets = record_labels(records)
     reqs = []
-    nouns = set()
     for rec, labels in zip(records, label_sets):
         nn = noun or emt_noun(eval_set.name, labels)
-        nouns.add(nn)
         conv = [{"from": "human", "value": "<image>\n" + emt_prompt(labels, nn)}]
         reqs.append(GenRequest(make_prompt(conv), rec.get("image"), max_new_tokens(eval_set)))
     outs = engine.generate(reqs) if reqs else []
@@ -129,8 +134,7 @@ def run_emt_set(engine, eval_set: EvalSet, *, template=None, seed: int = 0,
     for p in preds:
         p["score"] = float(p["emt_exact"] == scoring.EMT_CORRECT)
     return SuiteResult(dataset=eval_set.name, split="emt", metrics=metrics, n=n,
-                       eval_set_hash=content_hash(["emt", sorted(nouns), [record_fingerprint(r)
-                                                                         for r in records]]),
+                       eval_set_hash=emt_set_hash(eval_set, records, noun),
                        prompt_version=f"{_format_version(engine, template)}+{EMT_PROMPT_VERSION}",
                        decoding=decoding, predictions=preds, counts=counts)
 

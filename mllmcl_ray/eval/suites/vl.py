@@ -121,6 +121,11 @@ def build_requests(template, records: list[dict], eval_set: EvalSet, ocr: bool
     return reqs
 
 
+def vl_set_hash(eval_set: EvalSet, records: list[dict], ocr: bool) -> str:
+    """The `eval_set_hash` of a VL set: kind, OCR-token prompts, records."""
+    return content_hash([eval_set.kind, ocr, [record_fingerprint(r) for r in records]])
+
+
 def run_vl_set(engine, eval_set: EvalSet, *, template=None, seed: int = 0,
                ocr_tokens: bool | None = None, max_samples: int | None = -1) -> SuiteResult:
     """Generate and score one VL EvalSet; per-sample predictions keep what the judge needs."""
@@ -147,9 +152,8 @@ def run_vl_set(engine, eval_set: EvalSet, *, template=None, seed: int = 0,
     for outcome, metric in kind.outcome_metrics.items():
         metrics[metric] = (sum(p.get("outcome") == outcome for p in preds) / n if n
                            else math.nan)
-    hashed = [eval_set.kind, ocr, [record_fingerprint(r) for r in records]]
     return SuiteResult(dataset=eval_set.name, split="vl", metrics=metrics, n=n,
-                       eval_set_hash=content_hash(hashed),
+                       eval_set_hash=vl_set_hash(eval_set, records, ocr),
                        prompt_version=template.version + ("+ocr" if ocr else ""),
                        decoding=engine.decoding(max_new_tokens=kinds.max_new_tokens(eval_set)),
                        predictions=preds)
