@@ -304,9 +304,10 @@ def train_row(c: Ctx, llm: str, stage_name: str, *, attn: str | None = None,
     from mllmcl_ray.methods.base import MethodStack, TaskContext, build_methods
     from mllmcl_ray.models.build import count_parameters, parts, set_trainable
     from mllmcl_ray.models.templates import get_template
+    from mllmcl_ray.train.callbacks import ReportMetrics
     from mllmcl_ray.train.loop import train_stage
     from mllmcl_ray.train.mfu import estimate_mfu
-    from mllmcl_ray.train.module import MLLMForTraining
+    from mllmcl_ray.models.training import MLLMForTraining
 
     p = c.plan
     align = stage_name == "align"
@@ -352,7 +353,8 @@ def train_row(c: Ctx, llm: str, stage_name: str, *, attn: str | None = None,
         tokens.append(m["tokens_per_s"])
 
     res = train_stage(module, ds, stage, methods, strategy, ctx, collate, seed=0,
-                      stage_name=stage_name, log_every=1, report=report, features=features,
+                      stage_name=stage_name, log_every=1, callbacks=ReportMetrics(report),
+                      features=features,
                       progress=False)
     # stamps[i] closes step i; step i's time is stamps[i] - stamps[i-1] (step 0 has no
     # start stamp and is warm-up anyway)
@@ -477,8 +479,8 @@ def section_generate(c: Ctx, budget: Budget) -> dict:
 def section_roundtrip(c: Ctx, budget: Budget) -> dict:
     from mllmcl_ray.data.collate import Collator
     from mllmcl_ray.models.build import load_mllm, save_mllm
-    from mllmcl_ray.train.loop import forward_batch
-    from mllmcl_ray.train.module import MLLMForTraining
+    from mllmcl_ray.models.training import forward_batch
+    from mllmcl_ray.models.training import MLLMForTraining
 
     p = c.plan
     torch.manual_seed(0)
@@ -518,6 +520,7 @@ def section_roundtrip(c: Ctx, budget: Budget) -> dict:
 def section_methods(c: Ctx, budget: Budget) -> dict:
     from mllmcl_ray.config import (DataSource, EvalConfig, MethodConfig, RunConfig,
                                    StagesConfig, TaskSpec, TrainerConfig)
+    from mllmcl_ray.train.callbacks import ReportMetrics
     from mllmcl_ray.train.task import plan_steps, run_step
 
     p = c.plan
@@ -549,7 +552,8 @@ def section_methods(c: Ctx, budget: Budget) -> dict:
                     _sync(c.device)
                     _s.append(time.perf_counter())
 
-                run_step(cfg, st, prev, out, strategy=c.strategy("full_shard"), report=report,
+                run_step(cfg, st, prev, out, strategy=c.strategy("full_shard"),
+                         callbacks=[ReportMetrics(report)],
                          cache_dir=Path(cfg.output_dir) / "cache", progress=False)
                 prev = str(out)
                 _free()

@@ -428,7 +428,7 @@ def gpu_benchmark(args) -> dict:
 
     from mllmcl_ray.models.build import set_trainable
     from mllmcl_ray.train.mfu import estimate_mfu
-    from mllmcl_ray.train.module import MLLMForTraining
+    from mllmcl_ray.models.training import MLLMForTraining
     from mllmcl_ray.train.strategies import get_strategy
 
     device = torch.device(args.device)

@@ -113,7 +113,7 @@ def test_grouping_cuts_padding_with_identical_per_sample_losses(varied):
     loss of every sample is the same whether its micro-batch is grouped or not."""
     from mllmcl_ray.data.collate import Collator
     from mllmcl_ray.train.loop import forward_batch
-    from mllmcl_ray.train.module import MLLMForTraining
+    from mllmcl_ray.models.training import MLLMForTraining
 
     mllm, ds = varied
     lengths = sample_lengths(ds)

@@ -666,15 +666,15 @@ def _imports(path: Path, pkg: str) -> set[str]:
 
 
 def test_import_arrows_point_down():
-    """presets/, sweep.py and runner.py never import the study layer; data/micro never
-    imports train/; sweep.py never imports presets/ (no sweep↔study circle)."""
+    """presets/, sweep.py and runner.py never import the study layer; data/ and methods/
+    never import train/; sweep.py never imports presets/ (no sweep↔study circle)."""
     pkg = REPO / "mllmcl_ray"
     rules = [("presets", ("mllmcl_ray.study",)), ("sweep.py", ("mllmcl_ray.study", "mllmcl_ray.presets")),
              ("runner.py", ("mllmcl_ray.study", "mllmcl_ray.presets", "mllmcl_ray.sweep")),
              ("validate.py", ("mllmcl_ray.study", "mllmcl_ray.presets", "mllmcl_ray.sweep")),
-             # the micro world (its base-model pretraining moved to presets/); the rest of
-             # data/ (feature_cache -> train.module) is the contracts work of issue 15
-             ("data/micro", ("mllmcl_ray.train",))]
+             # the training forward lives in models/ (models/training.py), the micro
+             # world's base-model pretraining in presets/
+             ("data", ("mllmcl_ray.train",)), ("methods", ("mllmcl_ray.train",))]
     for where, banned in rules:
         files = [pkg / where] if where.endswith(".py") else sorted((pkg / where).rglob("*.py"))
         for f in files:
