@@ -200,7 +200,8 @@ def test_served_judge_actor_scores_and_caches(ray_local, tmp_path):
     assert len(j) == 1
     dec = json.loads(j.iloc[0].decoding)
     assert dec["judge"] == str(judge_dir) and dec["judge_prompt_version"] == JUDGE_PROMPT_VERSION
-    assert dec["judge_sampling"]["do_sample"] is False
+    # CoIN's judge samples (its Qwen run: temperature 0.7, top-p 0.8); the cache keeps replies
+    assert dec["judge_sampling"]["do_sample"] is True and dec["judge_sampling"]["temperature"] == 0.7
     recs = read_eval_log(root)
     loads = [(r["role"], r["model"]) for r in recs if r["event"] == "load"]
     assert ("judge", str(judge_dir)) in loads
