@@ -36,11 +36,10 @@ def _offline(monkeypatch):
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     """A complete fixture data root (`prepare all --fixtures`), built once for reading."""
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     r = tmp_path_factory.mktemp("data") / "root"
-    prepare_data("all", r, fixtures=True, progress=False, log=lambda s: None)
+    with pytest.MonkeyPatch.context() as mp:  # offline while building; nothing leaks out
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        prepare_data("all", r, fixtures=True, progress=False, log=lambda s: None)
     return r
 
 

@@ -19,6 +19,13 @@ import pytest
 pytest.importorskip("lm_eval")
 
 
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """lm-eval reads the local JSONL tasks only (set per test: nothing leaks into others)."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
 @pytest.fixture(scope="module")
 def micro_nl(tmp_path_factory):
     import torch
@@ -32,8 +39,6 @@ def micro_nl(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("parity")
     os.environ.setdefault("HF_HOME", str(root / "hf"))
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
-    os.environ["HF_HUB_OFFLINE"] = "1"
     generate_world(root / "world", seed=0, size="tiny")
     manifest = json.loads((root / "world" / "manifest.json").read_text())
     sets = nl_sets_from_manifest(root / "world", manifest)

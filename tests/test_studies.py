@@ -504,7 +504,8 @@ def test_every_reproduction_validates_on_paper(name, repro, fake_root, capsys):
 
 
 @pytest.mark.parametrize("name", STUDIES)
-def test_paper_without_data_is_one_clear_line(name, tmp_path, capsys):
+def test_paper_without_data_is_one_clear_line(name, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # hub ids: fetched at run time
     mod = load_study(name)
     rc = mod.SPEC.main(["--preset", "paper", "--dry-run", "--out", str(tmp_path)])
     err = capsys.readouterr().err

@@ -125,7 +125,9 @@ def paper_run_config(model: str, method: str, seed: int, data_root: str | Path, 
         align=[DataSource(path=str(root / "continual" / "align.json"), image_root=images)],
         tasks=task_specs, method=MethodConfig(name=method, params=dict(method_params or {})),
         trainer=TrainerConfig(num_workers=workers, use_gpu=True, checkpoint_every=500),
-        eval=EvalConfig(nl_max_samples=None),  # the full lm-eval sets
+        # the full lm-eval sets, scored by lm-evaluation-harness itself (its task definitions
+        # lambada_standard, arc_easy, arc_challenge, winogrande, wsc273): comparable numbers
+        eval=EvalConfig(nl_max_samples=None, nl_backend="lm_eval"),
         output_dir=out,
         nl_sets=[EvalSet(name=n, path=str(root / "nl" / f"{n}.jsonl"), kind=n, max_samples=None)
                  for n in PAPER_NL])
