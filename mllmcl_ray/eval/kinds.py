@@ -14,7 +14,7 @@ An `EvalKind` says, for one ``EvalSet.kind``:
 * ``judge_rule``: the CoIN judge rule for its answers (``CoIN_Grounding`` for boxes).
 
 Adding a kind: one `register(EvalKind(...))` call here and its test in
-tests/test_eval_suites.py; the VL suite, the evaluator, config validation and
+tests/eval/test_eval_suites.py; the VL suite, the evaluator, config validation and
 docs/evaluation.md read this table. ``mllmcl_ray.config`` validates ``EvalSet.kind`` with
 `check_kind` (a ConfigError that lists the known kinds).
 

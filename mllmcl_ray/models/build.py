@@ -13,7 +13,7 @@ as `data.images.pixel_values` —, ``patch_size``, ``num_additional_image_tokens
 chat template, models/chat_template.py), beside `mllmcl.json` (template, spec). A plain
 transformers user prompts a saved checkpoint with ``AutoProcessor`` +
 ``apply_chat_template`` + ``AutoModelForImageTextToText.generate`` and gets the project
-engine's answer (tests/test_emt_layout.py). `load_hf_llava` opens any llava-hf
+engine's answer (tests/models/test_emt_layout.py). `load_hf_llava` opens any llava-hf
 checkpoint (hub id or dir) with its own processor and chat template.
 """
 from __future__ import annotations

@@ -17,7 +17,7 @@ Message content is a string (LLaVA JSON form, ``<image>`` inline) or a list of H
 ``{"type": "image"}`` renders ``<image>\\n`` and ``{"type": "text", "text": ...}`` its text,
 in order — the LLaVA convention of an image first, then a newline, then the question.
 The ``plain`` (alignment) template renders ``<image>`` (for generation) or ``<image>``
-followed by the assistant's caption and a newline (without ``add_generation_prompt``). `tests/test_emt_layout.py` checks equality with `segments` token for token.
+followed by the assistant's caption and a newline (without ``add_generation_prompt``). `tests/models/test_emt_layout.py` checks equality with `segments` token for token.
 """
 from __future__ import annotations
 

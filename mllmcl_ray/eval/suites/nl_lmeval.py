@@ -27,7 +27,7 @@ set ``HF_DATASETS_OFFLINE=1`` on offline clusters) and `max_samples` becomes lm-
 Every row records the lm-eval version and task (``decoding``: backend ``lm_eval``,
 ``lm_eval_version``, ``lm_eval_task``; ``prompt_version``: ``lm-eval-<version>:<task>``).
 The project's own scorer (`suites.nl`, the default) is held to this backend by
-tests/test_nl_lmeval_parity.py: equal accuracies on every micro NL set.
+tests/eval/test_nl_lmeval_parity.py: equal accuracies on every micro NL set.
 """
 from __future__ import annotations
 

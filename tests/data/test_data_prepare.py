@@ -23,7 +23,7 @@ from mllmcl_ray.data.prepare.fixtures import build_fixture_sources
 from mllmcl_ray.data.prepare.srivastava import check_table4, classify_mix_record
 from mllmcl_ray.data.prepare.vl_eval import box_xywh_to_xyxy_norm
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STUDIES = ("scale_pythia", "mitigation", "coin", "emt")
 
 

@@ -35,7 +35,7 @@ from mllmcl_ray.data.micro.world import digits_split, resolve_size
 NANO = dataclasses.replace(WORLD_SIZES["tiny"], name="nano", corpus_train_docs=40, corpus_val_docs=5,
                            nl_items=12, vl_train=12, caption_train=12, vl_test=10, digits_train=12)
 BOX_RE = re.compile(r"^\[(\d\.\d\d), (\d\.\d\d), (\d\.\d\d), (\d\.\d\d)\]$")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def tree_hash(root: Path) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from mllmcl_ray.config import EvalConfig, EvalSet, RunConfig, TrainerConfig  # noqa: E402
 from mllmcl_ray.eval.service import pool_size, uses_actors  # noqa: E402

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STUDIES = ("scale_pythia", "mitigation", "coin", "emt")
 
 
@@ -407,7 +407,7 @@ def test_emt_epochs_rows_and_figure(tmp_path, tiny_clip):
 
     import torch
 
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).parents[1]))
     from spine_world import make_tokenizer, tiny_spec
 
     from mllmcl_ray.config import (DataSource, EvalSet, MethodConfig, RunConfig, StageConfig,

@@ -1,6 +1,6 @@
 """The report in a real browser: headless Chromium, no network.
 
-Builds a report from synthetic rows (tests/test_report.py), opens it with
+Builds a report from synthetic rows (tests/report/test_report.py), opens it with
 ``chromium --headless --dump-dom --screenshot`` (network disabled: every host resolves
 to nothing), and checks from the dumped DOM that
 

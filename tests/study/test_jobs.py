@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
 
 # The study job, as `ray job submit --working-dir <JOB_WORKING_DIR> -- <JOB_ENTRYPOINT>`:

@@ -73,7 +73,7 @@ def make_llava_hf(root: Path) -> tuple[Path, Path]:
 
 
 def load_emt_study():
-    path = Path(__file__).resolve().parents[1] / "studies" / "emt.py"
+    path = Path(__file__).resolve().parents[2] / "studies" / "emt.py"
     spec = importlib.util.spec_from_file_location("emt_study_script", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -482,7 +482,7 @@ def test_docs_list_every_eval_kind_with_its_source():
 
     from mllmcl_ray.eval import kinds
 
-    text = (Path(__file__).resolve().parents[1] / "docs" / "evaluation.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "evaluation.md").read_text()
     table = text.split("## Eval kinds")[1].split("###")[0]
     for name, k in kinds.KINDS.items():
         assert f"`{name}`" in table, name

@@ -178,7 +178,7 @@ def test_report_file_structure(full):
     assert len(runs) == 11
     assert re.search(r'id="counts"><b>11</b> runs \(9 configs', text)
     assert f"<b>{len(full['rows'])}</b> result rows" in text
-    # the synthetic studies have no rows for the EMT figures of tests/test_emt_figures.py
+    # the synthetic studies have no rows for the EMT figures of tests/emt/test_emt_figures.py
     skipped = re.search(r'id="skipped">(.*?)</div>', text, re.S).group(1)
     assert re.findall(r"\((emt-[a-z-]+)\): needs", skipped) == [
         "emt-models", "emt-epochs", "emt-vision-resnet", "emt-vision-clip"]

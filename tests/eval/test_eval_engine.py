@@ -247,7 +247,7 @@ def test_vllm_serves_plain_checkpoints_and_falls_back_once(tmp_path, capsys):
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).parents[1]))
     from spine_world import tiny_run_config
 
     from mllmcl_ray.eval.service import EngineWorker, ModelRef
