@@ -1,12 +1,13 @@
 """A tiny LLaVA world for trainer tests: coloured squares, two VL tasks, a 32-wide model.
 
 Used by test_strategies.py (spawned processes import it by name) and test_ray_train.py
-(tiny_world.py holds the other tests' fixtures); also the tests' `TrainCallback`s
+(the model spec comes from spine_world.tiny_spec, the other tests' fixtures); also the tests' `TrainCallback`s
 (an injected worker failure, a logits probe at the end of training).
 Everything is written under a caller-given directory.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -44,16 +45,13 @@ def make_world(root: str | Path, n: int = 32) -> Path:
 def tiny_config(root: str | Path, out: str | Path, *, tasks=("colour", "name"), align: bool = False,
                 parallel: str = "full_shard", num_workers: int = 2, max_steps: int | None = 6,
                 global_batch: int = 8, per_device: int = 2, lr: float = 3e-3, **trainer):
-    from mllmcl_ray.config import (DataSource, EvalConfig, ModelSpec, RunConfig, StageConfig,
-                                   StagesConfig, TaskSpec, TrainerConfig)
+    from spine_world import tiny_spec
+
+    from mllmcl_ray.config import (DataSource, EvalConfig, RunConfig, StageConfig, StagesConfig,
+                                   TaskSpec, TrainerConfig)
 
     root = Path(root)
-    spec = ModelSpec(name="tiny", tokenizer=str(root / "tok"), template="micro", max_seq_len=64,
-                     llm_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                     num_attention_heads=2, vocab_size=304,
-                                     max_position_embeddings=128),
-                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=2, image_size=32, patch_size=8))
+    spec = dataclasses.replace(tiny_spec(root / "tok", vocab=304), name="tiny")
     stage = dict(lr=lr, global_batch_size=global_batch, per_device_batch_size=per_device,
                  warmup_ratio=0.0, schedule="constant", max_steps=max_steps, epochs=2.0,
                  parallel=parallel)
