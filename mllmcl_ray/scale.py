@@ -45,6 +45,7 @@ def per_device_batch(n_params: int, gpu_memory_gib: float = 80.0) -> int:
 
 
 def pretrain_tokens(n_params: int) -> int:
-    """Micro base-LLM pretraining budget: ~3M tokens at 1M parameters (PLATFORM-NOTES:
-    the copy skill appears between 1.2M and 1.8M tokens), scaling linearly."""
-    return int(3e6 * max(1.0, n_params / 1e6))
+    """Micro base-LLM pretraining budget: ~3.6M tokens at 1M parameters (the copy skill
+    appears between 1.5M and 2M tokens on the micro world; micro_pretrain.LLM_SIZES),
+    scaling linearly."""
+    return int(3.6e6 * max(1.0, n_params / 1e6))

@@ -34,7 +34,7 @@ from mllmcl_ray.data.micro.world import digits_split, resolve_size
 # a smaller world for the tests that only exercise generate_world's bookkeeping
 NANO = dataclasses.replace(WORLD_SIZES["tiny"], name="nano", corpus_train_docs=40, corpus_val_docs=5,
                            nl_items=12, vl_train=12, caption_train=12, vl_test=10, digits_train=12)
-BOX_RE = re.compile(r"^\[(\d\.\d\d), (\d\.\d\d), (\d\.\d\d), (\d\.\d\d)\]$")
+BOX_RE = re.compile(r"^\[(\d\.\d+), (\d\.\d+), (\d\.\d+), (\d\.\d+)\]$")
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -253,8 +253,12 @@ def test_grounding_boxes_cover_their_objects(m, scenes_by_image):
             ys, xs = np.nonzero(mask)
             assert xs.min() >= x1 * S - 1e-9 and xs.max() + 1 <= x2 * S + 1e-9
             assert ys.min() >= y1 * S - 1e-9 and ys.max() + 1 <= y2 * S + 1e-9
-            # tight: the box is the mask's box rounded outward to 2 decimals
-            assert (x2 - x1) * S <= (xs.max() + 1 - xs.min()) + 0.02 * S + 1e-9
+            # tight: the box is the mask's box rounded outward to BOX_DECIMALS decimals
+            # (each side moves outward by less than one unit of the last decimal)
+            unit = 10.0 ** -SC.BOX_DECIMALS
+            assert (x2 - x1) * S <= (xs.max() + 1 - xs.min()) + 2 * unit * S + 1e-9
+            assert (y2 - y1) * S <= (ys.max() + 1 - ys.min()) + 2 * unit * S + 1e-9
+            assert r["conversations"][1]["value"] == SC.format_bbox(box)
             # the referring expression names this object unambiguously
             obj = scene["objects"][idx[0]]
             ref = r["ref"] if split == "test" else r["conversations"][0]["value"]

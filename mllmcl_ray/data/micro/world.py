@@ -25,11 +25,11 @@ Layout (paths relative to ``out_dir``)::
 
 **Text corpus** (Task 1; see :mod:`.text`). Template documents over a shared vocabulary
 (24 names, 10 colours, 18 objects of which 6 are shape nouns, 12 places, 5 positions,
-numbers): 50 % stories whose last word copies an entity from earlier in the passage
+numbers): 75 % stories whose last word copies an entity from earlier in the passage
 (the Lambada skill: "... Anna gave the red ball to Tom. ... Later, Tom played with the red
-ball"), 15 % story quizzes in the ARC prompt format, 20 % knowledge-base documents
+ball"), 7.5 % story quizzes in the ARC prompt format, 10 % knowledge-base documents
 (80 common-sense facts + 72 seeded facts about the characters, with Question/Answer
-pairs), 15 % Winograd-style "because/so" sentences. ``micro``: 40,000 docs, ~2.8M
+pairs), 7.5 % Winograd-style "because/so" sentences. ``micro``: 40,000 docs, ~2.8M
 word/punctuation tokens over 400 distinct ones (a ~1k BPE keeps one token per word).
 The VL answers use the same colour, shape, number and position words, so VL fine-tuning
 shifts probability mass onto words the NL evals need.
@@ -127,7 +127,7 @@ from . import vocab as V
 from .rand import Rand
 from .text import QUIZ_POOL, WINO_SCHEMAS, WSC_SCHEMAS, TextGen
 
-WORLD_VERSION = "1"  # bump whenever the generator's output changes
+WORLD_VERSION = "2"  # bump whenever the generator's output changes
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "mllmcl-micro-world"
 _MANAGED = ("corpus", "nl", "vl", "images", MANIFEST_NAME, MANIFEST_NAME + ".tmp")  # regeneration deletes these
