@@ -19,10 +19,10 @@
 Details: docs/studies.md; report: OUT/emt-report.html. §3 (vision encoders): studies/emt_vision.py.
 """
 import copy
-import hashlib
 import sys
 
 from mllmcl_ray.config import ConfigError, DataSource, EvalSet, TaskSpec
+from mllmcl_ray.emt.off_the_shelf import emt_before_runs, emt_study_main
 from mllmcl_ray.presets import method_config
 from mllmcl_ray.study import Arg, PerPreset, Plan, Reproduction, StudySpec
 
@@ -83,38 +83,8 @@ def plans(ctx, base, grid):
     return out
 
 
-def clip_meta(model: str, scale: float | None, clip: str, prompt: str) -> dict:
-    key = hashlib.sha256(f"{clip}\x00{prompt}".encode()).hexdigest()[:12]
-    return {"run_id": f"{SPEC.name}-clip-{model}-{key}", "study": SPEC.name, "model": model,
-            "scale": float(scale or 0.0), "method": "clip_zero_shot", "method_params": "{}", "seed": 0}
-
-
-def clip_zero_shot(ctx, plans):
-    """The vision tower's own zero-shot accuracy on every set (before any run); with
-    --init, the starting checkpoint's own EMT rows (trained task 1), as Fig. 4's."""
-    cfg = plans[0].base
-    if ctx.args.init:
-        from mllmcl_ray.emt.off_the_shelf import OffTheShelfConfig, evaluate_models
-
-        evaluate_models(OffTheShelfConfig(models=[ctx.args.init], sets=cfg.tasks[0].eval,
-                                          results=str(ctx.out / "results"),
-                                          clip={ctx.args.init: cfg.model.vision}, no_clip=True,
-                                          seed=cfg.eval.seed))
-    if ctx.args.no_clip:
-        return
-    import torch
-
-    from mllmcl_ray.eval.clip_zero_shot import evaluate_clip_zero_shot
-    from mllmcl_ray.results import ResultStore
-
-    evaluate_clip_zero_shot(cfg.model.vision, cfg.tasks[0].eval, ResultStore(ctx.out / "results"),
-                            clip_meta(cfg.model.name, cfg.model.scale, cfg.model.vision, ctx.args.clip_prompt),
-                            prompt=ctx.args.clip_prompt, seed=cfg.eval.seed,
-                            device="cuda" if torch.cuda.is_available() else "cpu")
-
-
 SPEC = StudySpec(
-    name="emt", doc=__doc__, base=base, grid=grid, plans=plans, before_runs=clip_zero_shot,
+    name="emt", doc=__doc__, base=base, grid=grid, plans=plans, before_runs=emt_before_runs,
     reproductions=REPRODUCTIONS,
     args=(Arg("--model", "the MLLM's LLM", default=PerPreset("micro-s", "vicuna-1.5-7b")),
           Arg("--sets", "classification sets evaluated", default=PerPreset("digits,shapes",
@@ -137,19 +107,7 @@ SPEC = StudySpec(
 
 
 def main(argv=None) -> int:
-    """`--models`: off-the-shelf checkpoints as they are; otherwise the fine-tuning study."""
-    from mllmcl_ray.errors import main_guard
-    from mllmcl_ray.presets import default_preset
-    from mllmcl_ray.study.cli import build_parser
-
-    args = build_parser(SPEC).parse_args(argv)
-    if not args.models:
-        return SPEC.main(argv)
-    from mllmcl_ray.emt.off_the_shelf import main_models
-
-    args.clip = [c for c in (args.clip or "").split(",") if c]
-    return main_guard(lambda: main_models(args, args.preset or default_preset()), prog=SPEC.name,
-                      debug=args.debug)
+    return emt_study_main(SPEC, argv)  # --models: checkpoints as they are; else the study
 
 
 if __name__ == "__main__":

@@ -212,3 +212,54 @@ def main_models(args, preset: str, log=print) -> int:
                        title=f"mllmcl-ray: {STUDY}")
     log(f"report: {out}")
     return 0
+
+
+# ---------------------------------------------------------------------------------------
+# what studies/emt.py runs around its fine-tuning grid
+# ---------------------------------------------------------------------------------------
+def study_clip_meta(study: str, model: str, scale: float | None, clip: str, prompt: str) -> dict:
+    """Run metadata of an EMT study's CLIP zero-shot rows (one run per model, CLIP, prompt)."""
+    key = hashlib.sha256(f"{clip}\x00{prompt}".encode()).hexdigest()[:12]
+    return {"run_id": f"{study}-clip-{model}-{key}", "study": study, "model": model,
+            "scale": float(scale or 0.0), "method": "clip_zero_shot", "method_params": "{}",
+            "seed": 0}
+
+
+def emt_before_runs(ctx, plans) -> None:
+    """Before an EMT study's runs: with ``--init``, the starting checkpoint's own EMT rows
+    (trained task 1, as Fig. 4's); unless ``--no-clip``, the vision tower's CLIP zero-shot
+    accuracy on every set (Fig. 4's reference line)."""
+    cfg = plans[0].base
+    sets = cfg.tasks[0].eval
+    if ctx.args.init:
+        evaluate_models(OffTheShelfConfig(models=[ctx.args.init], sets=sets,
+                                          results=str(ctx.out / "results"),
+                                          clip={ctx.args.init: cfg.model.vision}, no_clip=True,
+                                          seed=cfg.eval.seed))
+    if ctx.args.no_clip:
+        return
+    import torch
+
+    from ..eval.clip_zero_shot import evaluate_clip_zero_shot
+    from ..results import ResultStore
+
+    meta = study_clip_meta(ctx.spec.name, cfg.model.name, cfg.model.scale, cfg.model.vision,
+                         ctx.args.clip_prompt)
+    evaluate_clip_zero_shot(cfg.model.vision, sets, ResultStore(ctx.out / "results"), meta,
+                            prompt=ctx.args.clip_prompt, seed=cfg.eval.seed,
+                            device="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def emt_study_main(spec, argv=None) -> int:
+    """`studies/emt.py`: with ``--models``, EMT of those checkpoints as they are
+    (`main_models`); otherwise the spec's fine-tuning study."""
+    from ..errors import main_guard
+    from ..presets import default_preset
+    from ..study.cli import build_parser
+
+    args = build_parser(spec).parse_args(argv)
+    if not args.models:
+        return spec.main(argv)
+    args.clip = [c for c in (args.clip or "").split(",") if c]
+    return main_guard(lambda: main_models(args, args.preset or default_preset()), prog=spec.name,
+                      debug=args.debug)
