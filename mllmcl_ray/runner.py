@@ -160,7 +160,9 @@ class RunEvaluation:
         acc = [r for r in rows if r["metric"] in ("accuracy", "emt_exact")]
         if acc:
             txt = ", ".join(f"{r['dataset']}={r['value']:.3f}" for r in acc)
-            self.log(f"[{run_id}] eval after task {k}: {txt}")
+            epoch = int(acc[0].get("epoch") or 0)  # rows inside a task (eval_every_epoch)
+            where = f"task {k}" + (f", epoch {epoch}" if epoch else "")
+            self.log(f"[{run_id}] eval after {where}: {txt}")
 
     def finish(self) -> None:
         """Wait until every submitted job is scored (no-op for in-process evaluation)."""
@@ -173,7 +175,9 @@ class RunEvaluation:
         df = ResultStore(results_dir(self.cfg)).read()
         if len(df):
             df = df[(df["run_id"] == self.run_id) & df["metric"].isin(["accuracy", "emt_exact"])]
-            for k, part in df.groupby("trained_task_index"):
+            keys = ["trained_task_index"] + (["epoch"] if "epoch" in df else [])
+            for key, part in df.groupby(keys):
+                k = key[0] if isinstance(key, tuple) else key
                 self._log_rows(self.run_id, int(k), part.to_dict("records"))
 
     def close(self) -> None:
