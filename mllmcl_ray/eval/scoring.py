@@ -169,12 +169,13 @@ _PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")  # sic, see module docstring
 _COMMA_STRIP = re.compile(r"(\d)(\,)(\d)")
 
 
-def process_punctuation(text: str) -> str:
+def process_punctuation(text: str, comma_strip: re.Pattern | None = None) -> str:
     """``VQAEval.processPunctuation``: a punctuation mark is deleted where it touches a
     space (or anywhere, if the text has a digit,digit comma) and replaced by a space
-    otherwise; then periods not followed by a digit are removed."""
+    otherwise; then periods not followed by a digit are removed. `comma_strip`: the
+    digit-comma pattern (default vqaEval's; m4c's EvalAI processor has its own)."""
     out = text
-    has_num_comma = _COMMA_STRIP.search(text) is not None
+    has_num_comma = (comma_strip or _COMMA_STRIP).search(text) is not None
     for p in PUNCT:
         if (p + " " in text or " " + p in text) or has_num_comma:
             out = out.replace(p, "")
@@ -271,15 +272,7 @@ def evalai_normalize(text: str) -> str:
     digits/articles/contractions)."""
     t = str(text).lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
     t = t.replace("\n", " ").replace("\t", " ").strip()
-    out = t
-    has_comma = _EVALAI_COMMA_STRIP.search(t) is not None
-    for p in PUNCT:
-        if (p + " " in t or " " + p in t) or has_comma:
-            out = out.replace(p, "")
-        else:
-            out = out.replace(p, " ")
-    out = _PERIOD_STRIP.sub("", out, count=32)  # re.UNICODE passed as count, as in m4c
-    return process_digit_article(out)
+    return process_digit_article(process_punctuation(t, _EVALAI_COMMA_STRIP))
 
 
 def textvqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
