@@ -17,7 +17,9 @@ others still run; the whole script stops starting new work when `--budget-s` is 
              through, counted as N·4/6 + projector, the tower not counted); also SDPA vs
              eager attention and, with `--compile`, torch.compile'd decoder layers
   cache      align steps with the frozen-tower feature cache (`data/feature_cache.py`, filled
-             on the GPU in bf16) vs without (the tower runs in every step)
+             on the GPU in bf16) vs without (the tower runs in every step, in bf16 under
+             `MLLMForTraining.tower_autocast`), and without the cache with the tower left
+             in fp32 (as before the tower was autocast under FSDP)
   generate   `HFEngine.generate` (batched, left-padded, KV cache) vs one `generate` per
              prompt, bf16, greedy: tokens/s and how many answers are identical
   roundtrip  save_mllm → load_mllm in bf16; logits of the loaded model vs the saved one
@@ -297,7 +299,7 @@ def _step_times(stamps: list[float], warmup: int) -> list[float]:
 
 def train_row(c: Ctx, llm: str, stage_name: str, *, attn: str | None = None,
               compile_layers: bool = False, cache: bool | None = None,
-              group: bool = False) -> dict:
+              group: bool = False, tower_fp32: bool = False) -> dict:
     """Train one stage with the project's loop; median step time and tokens/s."""
     from mllmcl_ray.config import MethodConfig
     from mllmcl_ray.data.collate import Collator
@@ -340,8 +342,19 @@ def train_row(c: Ctx, llm: str, stage_name: str, *, attn: str | None = None,
 
         for layer in decoder_layers(mllm.model):
             layer.compile()
+    t = time.perf_counter()  # input work alone: a micro-batch read and collated on the CPU
+    for k in range(3):
+        collate([ds[(k * stage.per_device_batch_size + i) % len(ds)]
+                 for i in range(stage.per_device_batch_size)])
+    collate_s = (time.perf_counter() - t) / 3
     _reset_peak(c.device)
+    tower_dtypes: set[str] = set()  # what the tower's matmuls computed in (fp32 = not cast)
+    hook = next(x for x in pr["vision_tower"].modules() if isinstance(x, torch.nn.Linear)
+                ).register_forward_hook(
+        lambda _m, _i, out: tower_dtypes.add(str(out.dtype).replace("torch.", "")))
     module = strategy.wrap(MLLMForTraining(mllm.model))
+    if tower_fp32:  # the old behaviour under FSDP: the tower outside the bf16 policy
+        module.tower_autocast = None
     ctx = TaskContext(task_index=2, task_name=stage_name, stage=stage_name,
                       device=strategy.device, collate=collate)
     methods = MethodStack([]) if align else build_methods(MethodConfig(name="naive"))
@@ -356,6 +369,7 @@ def train_row(c: Ctx, llm: str, stage_name: str, *, attn: str | None = None,
                       stage_name=stage_name, log_every=1, callbacks=ReportMetrics(report),
                       features=features,
                       progress=False)
+    hook.remove()
     # stamps[i] closes step i; step i's time is stamps[i] - stamps[i-1] (step 0 has no
     # start stamp and is warm-up anyway)
     times = _step_times(stamps, p.warmup)
@@ -366,6 +380,9 @@ def train_row(c: Ctx, llm: str, stage_name: str, *, attn: str | None = None,
            "precision": strategy.mixed_precision, "activation_checkpointing": strategy.activation_checkpointing,
            "attn": mllm.model.config.text_config._attn_implementation,
            "compile": compile_layers, "feature_cache": bool(cache), "group_by_length": group,
+           "tower_dtype": ",".join(sorted(tower_dtypes)) or "not run",
+           "collate_s_per_micro_batch": collate_s,
+           "micro_batches_per_step": stage.global_batch_size // stage.per_device_batch_size,
            "global_batch": stage.global_batch_size, "per_device": stage.per_device_batch_size,
            "steps_measured": len(times), "step_s": step_s, "tokens_per_s": tps,
            "mean_tokens_per_sample": ds.num_tokens() / len(ds),
@@ -376,9 +393,10 @@ def train_row(c: Ctx, llm: str, stage_name: str, *, attn: str | None = None,
         row["cache_fill_s"] = fill_s
         row["cache_images"] = len(ds.image_paths())
     print(f"[train] {llm:12s} {stage_name:8s} attn={row['attn']:5s} cache={int(bool(cache))} "
-          f"group={int(group)} "
+          f"group={int(group)} tower={row['tower_dtype']} "
           f"{tps:9.0f} tok/s  {step_s * 1000:7.1f} ms/step  MFU {row['mfu'] * 100:5.1f} %  "
-          f"peak {row['peak_mem_gib'] or 0:.1f} GiB", flush=True)
+          f"peak {row['peak_mem_gib'] or 0:.1f} GiB  collate {collate_s * 1000:.0f} ms/micro-batch",
+          flush=True)
     del module, mllm, features
     _free()
     return row
@@ -389,15 +407,17 @@ def train_row(c: Ctx, llm: str, stage_name: str, *, attn: str | None = None,
 # ---------------------------------------------------------------------------------------
 def section_train(c: Ctx, budget: Budget) -> dict:
     rows, skipped = [], []
-    todo = [(llm, st, None, False) for llm in c.plan.llms for st in ("finetune", "align")]
-    todo.append((c.plan.llms[0], "finetune", "eager", False))  # SDPA vs eager attention
+    todo = [(llm, st, None, False, False) for llm in c.plan.llms for st in ("finetune", "align")]
+    todo.append((c.plan.llms[0], "finetune", "eager", False, False))  # SDPA vs eager attention
+    if c.args.cached_finetune:  # no pixel loading or tower in the step: how much is input work
+        todo += [(llm, "finetune", None, False, True) for llm in c.plan.llms]
     if c.args.compile:
-        todo.append((c.plan.llms[0], "finetune", None, True))
-    for llm, st, attn, comp in todo:
+        todo.append((c.plan.llms[0], "finetune", None, True, False))
+    for llm, st, attn, comp, cache in todo:
         if budget.left() < c.args.reserve_s:
             skipped.append(f"{llm}/{st}/attn={attn}/compile={comp}")
             continue
-        rows.append(train_row(c, llm, st, attn=attn, compile_layers=comp))
+        rows.append(train_row(c, llm, st, attn=attn, compile_layers=comp, cache=cache))
     return {"rows": rows, "skipped": skipped}
 
 
@@ -407,7 +427,11 @@ def section_cache(c: Ctx, budget: Budget) -> dict:
     if budget.left() < c.args.reserve_s / 2:
         raise OutOfTime("no time left for the cached run")
     on = train_row(c, llm, "align", cache=True)
+    fp32 = (train_row(c, llm, "align", cache=False, tower_fp32=True)
+            if budget.left() >= c.args.reserve_s / 2 else None)
     return {"off": off, "on": on, "speedup": off["step_s"] / on["step_s"],
+            "tower_fp32": fp32,
+            "tower_bf16_speedup": fp32["step_s"] / off["step_s"] if fp32 else None,
             "same_first_loss": abs(off["first_loss"] - on["first_loss"])
             <= 1e-2 * abs(off["first_loss"])}
 
@@ -598,12 +622,14 @@ def format_table(res: dict) -> str:
         r = st.get("result") or {}
         if name == "train":
             out.append(f"  {'model':12s} {'stage':8s} {'attn':6s} {'tok/s':>9s} {'ms/step':>8s} "
-                       f"{'MFU %':>6s} {'peak GiB':>8s}")
+                       f"{'MFU %':>6s} {'peak GiB':>8s} {'tower':>8s}")
             for row in r.get("rows", []):
                 out.append(f"  {row['model']:12s} {row['stage']:8s} {row['attn']:6s} "
                            f"{row['tokens_per_s']:9.0f} {row['step_s'] * 1000:8.1f} "
-                           f"{row['mfu'] * 100:6.1f} {row['peak_mem_gib'] or 0:8.1f}"
-                           + ("  (compiled)" if row["compile"] else ""))
+                           f"{row['mfu'] * 100:6.1f} {row['peak_mem_gib'] or 0:8.1f} "
+                           f"{row.get('tower_dtype', '-'):>8s}"
+                           + ("  (compiled)" if row["compile"] else "")
+                           + ("  (feature cache)" if row["feature_cache"] else ""))
             if r.get("skipped"):
                 out.append(f"  skipped (budget): {', '.join(r['skipped'])}")
         elif name == "cache" and r:
@@ -611,6 +637,11 @@ def format_table(res: dict) -> str:
                        f"{r['on']['step_s'] * 1000:.1f} ms with the cache: {r['speedup']:.2f}x "
                        f"(fill {r['on'].get('cache_fill_s', 0):.1f} s for "
                        f"{r['on'].get('cache_images', 0)} images)")
+            if r.get("tower_fp32"):
+                out.append(f"  align step with the tower in {r['tower_fp32']['tower_dtype']}: "
+                           f"{r['tower_fp32']['step_s'] * 1000:.1f} ms; in "
+                           f"{r['off']['tower_dtype']}: {r['off']['step_s'] * 1000:.1f} ms "
+                           f"({r['tower_bf16_speedup']:.2f}x)")
         elif name == "generate" and r:
             out.append(f"  batched {r['batched_tokens_per_s']:.0f} tok/s vs per-sample "
                        f"{r['per_sample_tokens_per_s']:.0f} tok/s = {r['speedup']:.1f}x; "
@@ -653,6 +684,9 @@ def main(argv=None) -> dict:
                          "smoke 0)")
     ap.add_argument("--compile", action="store_true",
                     help="also train the first model with torch.compile'd decoder layers")
+    ap.add_argument("--cached-finetune", action="store_true",
+                    help="also fine-tune each model from the feature cache (no image loading "
+                         "or tower in the step), to see how much of a step is input work")
     ap.add_argument("--fp32", action="store_true", help="no bf16 (debugging)")
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     args = ap.parse_args(argv)
@@ -662,6 +696,8 @@ def main(argv=None) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.smoke
                                           else "cpu"))
     if device.type == "cuda":
+        if device.index is None:  # set_device needs an index ("cuda" alone is refused)
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
     if args.smoke:

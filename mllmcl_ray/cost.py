@@ -32,8 +32,8 @@ each task's fine-tune) and for each stage computes
   their gradient (2·s·b·V elements). An estimate: allocator slack, CUDA context
   (~0.5 GiB) and communication buffers are not counted.
 - **GPU-hours** = FLOPs ÷ (MFU × peak) ÷ 3600, at the fine-tune MFU measured by
-  `benchmarks/gpu_check.py` when `benchmarks/gpu_check.json` holds a GPU measurement,
-  else at 35 %; peak = H100 SXM dense bf16, 989 TFLOP/s (`train/mfu.PEAK_BF16`).
+  `benchmarks/gpu_check.py` (its largest model, SDPA, not compiled) when
+  `benchmarks/gpu_check.json` holds a GPU measurement, else at 35 %; peak = H100 SXM dense bf16, 989 TFLOP/s (`train/mfu.PEAK_BF16`).
 
 `format_cost_table(costs)` prints one row per stage, a total per run and a grand total.
 """
@@ -253,7 +253,11 @@ def worker_memory(p: ParamCounts, stage: StageConfig, strategy: str, workers: in
 
 
 def measured_mfu(path: Path = BENCH_JSON) -> tuple[float, str] | None:
-    """The mean fine-tune MFU of a GPU run of benchmarks/gpu_check.py, if recorded."""
+    """The fine-tune MFU of a GPU run of benchmarks/gpu_check.py, if recorded: of its
+    largest model (`params_llm`), with the default attention and no torch.compile (the
+    eager-attention and compiled rows are comparisons, not the run's settings); the mean
+    where several rows qualify. MFU grows with model size, so the largest measured model
+    is the closest (and still a pessimistic) stand-in for the paper's 1B–7B runs."""
     if not path.exists():
         return None
     try:
@@ -263,10 +267,15 @@ def measured_mfu(path: Path = BENCH_JSON) -> tuple[float, str] | None:
     if "cuda" not in str(data.get("device", "")) and "H100" not in str(data.get("device", "")):
         return None
     rows = (data.get("sections", {}).get("train", {}).get("result") or {}).get("rows", [])
-    vals = [r["mfu"] for r in rows if r.get("stage") == "finetune" and r.get("mfu")]
-    if not vals:
+    rows = [r for r in rows if r.get("stage") == "finetune" and r.get("mfu")
+            and r.get("attn") != "eager" and not r.get("compile")]
+    if not rows:
         return None
-    return sum(vals) / len(vals), f"measured ({path.name}, {data.get('device')}, {data.get('date')})"
+    largest = max(r.get("params_llm", 0) for r in rows)
+    vals = [r["mfu"] for r in rows if r.get("params_llm", 0) == largest]
+    name = rows[[r.get("params_llm", 0) for r in rows].index(largest)].get("model", "?")
+    return sum(vals) / len(vals), (f"measured ({path.name}, {name} fine-tune, "
+                                   f"{data.get('device')}, {data.get('date')})")
 
 
 # ---------------------------------------------------------------------------------------

@@ -127,13 +127,20 @@ def test_feature_cache_runs_each_distinct_image_once_and_gpu_memory(world, tmp_p
 def test_measured_mfu_from_gpu_check_json(tmp_path):
     p = tmp_path / "gpu_check.json"
     assert measured_mfu(p) is None
-    rows = [{"stage": "finetune", "model": "pythia-410m", "mfu": 0.4},
-            {"stage": "finetune", "model": "pythia-1b", "mfu": 0.5},
-            {"stage": "align", "model": "pythia-410m", "mfu": 0.1}]
+    # the largest model's SDPA, uncompiled fine-tune row: 1B's 0.5 (its eager and
+    # compiled comparison rows, the 410M row and the align row are not the run's MFU)
+    rows = [{"stage": "finetune", "model": "pythia-410m", "mfu": 0.4, "params_llm": 4},
+            {"stage": "finetune", "model": "pythia-1b", "mfu": 0.5, "params_llm": 10,
+             "attn": "sdpa", "compile": False},
+            {"stage": "finetune", "model": "pythia-1b", "mfu": 0.3, "params_llm": 10,
+             "attn": "eager", "compile": False},
+            {"stage": "finetune", "model": "pythia-1b", "mfu": 0.7, "params_llm": 10,
+             "attn": "sdpa", "compile": True},
+            {"stage": "align", "model": "pythia-2.8b", "mfu": 0.1, "params_llm": 28}]
     p.write_text(json.dumps({"device": "cuda: NVIDIA H100 80GB HBM3", "date": "2026-11-26",
                              "sections": {"train": {"ok": True, "result": {"rows": rows}}}}))
     mfu, src = measured_mfu(p)
-    assert mfu == pytest.approx(0.45) and "gpu_check.json" in src
+    assert mfu == pytest.approx(0.5) and "gpu_check.json" in src and "pythia-1b" in src
     p.write_text(json.dumps({"device": "cpu", "sections": {"train": {"result": {"rows": rows}}}}))
     assert measured_mfu(p) is None  # a CPU smoke run is no MFU measurement
 

@@ -14,6 +14,8 @@ parameter is distributed (its local shard); the training strategies implement it
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -28,9 +30,15 @@ def tower_features(vision_tower, pixel_values: torch.Tensor, layer: int) -> torc
 
 
 class MLLMForTraining(nn.Module):
-    def __init__(self, model):
+    """`tower_autocast`: the dtype the frozen tower computes in under `torch.autocast`
+    (None: its weights' dtype). A strategy whose mixed precision does not reach the tower
+    sets it: FSDP2's MixedPrecisionPolicy covers only sharded modules, and the tower is
+    left out of the shards, so without it the tower would run in fp32 on the GPU."""
+
+    def __init__(self, model, tower_autocast: torch.dtype | None = None):
         super().__init__()
         self.model = model
+        self.tower_autocast = tower_autocast
         cfg = unwrap(model).config
         self.image_token_id = cfg.image_token_index
         self.feature_layer = cfg.vision_feature_layer
@@ -48,8 +56,11 @@ class MLLMForTraining(nn.Module):
                     raise ValueError("batch has image tokens but neither pixel_values nor "
                                      "image_features")
                 tower = p["vision_tower"]
-                image_features = tower_features(tower, pixel_values.to(
-                    next(tower.parameters()).dtype), self.feature_layer)
+                amp = (torch.autocast(pixel_values.device.type, dtype=self.tower_autocast)
+                       if self.tower_autocast is not None else contextlib.nullcontext())
+                with amp:
+                    image_features = tower_features(tower, pixel_values.to(
+                        next(tower.parameters()).dtype), self.feature_layer)
             proj = p["projector"](image_features.to(embeds.dtype))
             n_tok = int(img_mask.sum())
             if proj.shape[0] * proj.shape[1] != n_tok:

@@ -132,3 +132,27 @@ def test_unknown_family_and_missing_model_are_clear(tok_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="model.llm"):
         build_mllm(ModelSpec(name="x", llm=str(tmp_path / "nope"), tokenizer=str(tok_dir),
                              vision_config={"image_size": 32, "patch_size": 8}))
+
+
+def test_tower_autocast_runs_the_frozen_tower_in_bf16(tok_dir):
+    """FSDP2's bf16 policy skips the tower (it is not sharded): `tower_autocast` makes it
+    compute in bf16 while its weights stay fp32; None leaves it in its weights' dtype."""
+    from mllmcl_ray.models.training import MLLMForTraining
+
+    torch.manual_seed(0)
+    tok = load_tokenizer(str(tok_dir))
+    m = build_mllm(tiny_spec(tok_dir, "gpt_neox", len(tok)))
+    ids, _, pix = _inputs(m)
+    seen = []  # the dtype the tower's first matmul computed in (residual sums stay fp32)
+    first_linear = next(x for x in parts(m.model)["vision_tower"].modules()
+                        if isinstance(x, torch.nn.Linear))
+    first_linear.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    mod = MLLMForTraining(m.model).eval()
+    with torch.no_grad():
+        fp32 = mod(ids, torch.ones_like(ids), pixel_values=pix)
+        mod.tower_autocast = torch.bfloat16
+        bf16 = mod(ids, torch.ones_like(ids), pixel_values=pix)
+    assert seen == [torch.float32, torch.bfloat16]
+    assert {p.dtype for p in parts(m.model)["vision_tower"].parameters()} == {torch.float32}
+    assert bf16.dtype == fp32.dtype == torch.float32  # only the tower was cast
+    assert not torch.equal(bf16, fp32) and torch.allclose(bf16, fp32, atol=0.1)

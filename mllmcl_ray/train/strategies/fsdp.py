@@ -3,7 +3,9 @@
 The module is sharded over a 1-D device mesh of all workers: each decoder layer of the
 LLM is its own FSDP unit, then the root (`MLLMForTraining`: embeddings, projector, final
 norm, LM head). The frozen CLIP tower is *not* sharded: its parameters are passed as
-`ignored_params`, so it stays a plain replicated module that runs under `no_grad`.
+`ignored_params`, so it stays a plain replicated module that runs under `no_grad`; with
+bf16 on the GPU it computes under bf16 autocast (`MLLMForTraining.tower_autocast`), since
+the MixedPrecisionPolicy covers only the sharded modules.
 
 - ``full_shard`` (ZeRO-3; `reshard_after_forward=True`): parameters, gradients and
   optimizer state are sharded; each layer is all-gathered for its forward and again for
@@ -123,6 +125,9 @@ class FSDPStrategy(Strategy):
               if self.mixed_precision == "bf16" else MixedPrecisionPolicy())
         kw = dict(mesh=mesh, reshard_after_forward=self.reshard_after_forward, mp_policy=mp)
         tower = set(parts(module.model)["vision_tower"].parameters())
+        if self.mixed_precision == "bf16" and self.device.type == "cuda":
+            # the tower is left out of the shards, so the policy's bf16 does not reach it
+            module.tower_autocast = torch.bfloat16
         for layer in decoder_layers(module.model):
             fully_shard(layer, **kw)
         # The root keeps the last all-gather alive anyway: no reshard after its forward.
