@@ -12,7 +12,7 @@ from mllmcl_ray.data.micro.world import generate_world
 from mllmcl_ray.emt.vision import (ResNetSpec, VisionSet, VisionStudyConfig, describe,
                                    run_study, run_trial)
 from mllmcl_ray.results import ResultStore
-from test_emt_off_the_shelf import make_llava_hf
+from llava_hf_world import make_llava_hf
 
 TINY = ResNetSpec(name="resnet-tiny", depths=[1, 1, 1, 1], hidden_sizes=[8, 8, 8, 8],
                   embedding_size=8)

@@ -141,7 +141,7 @@ def test_spec_init_starts_from_a_saved_checkpoint(saved, tmp_path):
 
     from mllmcl_ray.config import ModelSpec
     from mllmcl_ray.models.build import build_mllm, parts
-    from test_emt_off_the_shelf import make_llava_hf
+    from llava_hf_world import make_llava_hf
 
     mllm, ckpt, _ = saved
     m = build_mllm(dataclasses.replace(mllm.spec, init=str(ckpt)))
