@@ -72,25 +72,36 @@ def llm_scale(spec) -> float:
     return float(n + extra * (1 if tied else 2))
 
 
+def split_emt(tasks):
+    """(VL tasks, EMT tasks) of [(index, name, sets)]: classification sets go to EMT's
+    suite, the rest to the VL suite; tasks left without sets are dropped."""
+    emt = [(i, n, [e for e in sets if e.kind == "classification"]) for i, n, sets in tasks]
+    vl = [(i, n, [e for e in sets if e.kind != "classification"]) for i, n, sets in tasks]
+    return [v for v in vl if v[2]], [e for e in emt if e[2]]
+
+
 def eval_jobs(cfg: RunConfig, step, checkpoint: str, run_id: str, study: str, scale: float):
     """The evaluation after `step` (None: the base model) as one EvalJob over a ModelRef."""
     from .eval.evaluator import EvalJob
     from .eval.service import ModelRef
 
     meta = run_meta(cfg, run_id, study, scale)
-    if step is None:  # the base LLM (task 1): NL suite only
-        return EvalJob(ModelRef("base", cfg), meta, 1, "base", nl_sets=list(cfg.nl_sets),
-                       checkpoint_id=f"{cfg.model.name}:base")
-    vl = seen_vl_tasks(cfg, step)
-    emt = [(i, n, [e for e in sets if e.kind == "classification"]) for i, n, sets in vl]
-    vl = [(i, n, [e for e in sets if e.kind != "classification"]) for i, n, sets in vl]
+    if step is None:  # the base model (task 1): the NL suite; a start that is an MLLM
+        # already (model.init, e.g. EMT's instruction-tuned LLaVA) with eval.zero_shot also
+        # scores every task's sets before any training, as after alignment ("zero_shot")
+        if not (cfg.model.init and cfg.eval.zero_shot):
+            return EvalJob(ModelRef("base", cfg), meta, 1, "base", nl_sets=list(cfg.nl_sets),
+                           checkpoint_id=f"{cfg.model.name}:base")
+        vl, emt = split_emt([(i + 2, t.name, t.eval) for i, t in enumerate(cfg.tasks) if t.eval])
+        return EvalJob(ModelRef("base", cfg), meta, 1, "zero_shot", nl_sets=list(cfg.nl_sets),
+                       vl_tasks=vl, emt_tasks=emt, checkpoint_id=str(cfg.model.init))
+    vl, emt = split_emt(seen_vl_tasks(cfg, step))
     # after alignment (eval.zero_shot): no VL task trained yet, so rows go to task 1
     zero = step.stage == "align"
     return EvalJob(ModelRef("step", cfg, checkpoint), meta, 1 if zero else step.task_index,
                    "zero_shot" if zero else step.task_name,
                    nl_sets=[] if zero else list(cfg.nl_sets),
-                   vl_tasks=[v for v in vl if v[2]], emt_tasks=[e for e in emt if e[2]],
-                   checkpoint_id=checkpoint, epoch=int(step.epoch))
+                   vl_tasks=vl, emt_tasks=emt, checkpoint_id=checkpoint, epoch=int(step.epoch))
 
 
 class RunEvaluation:

@@ -23,6 +23,7 @@ import sys
 
 from mllmcl_ray.config import ConfigError, DataSource, EvalSet, TaskSpec
 from mllmcl_ray.emt.off_the_shelf import emt_before_runs, emt_study_main
+from mllmcl_ray.emt.start import STARTS, resolve_start
 from mllmcl_ray.presets import method_config
 from mllmcl_ray.study import Arg, PerPreset, Plan, Reproduction, StudySpec
 
@@ -54,12 +55,17 @@ def base(ctx):
     if ctx.args.align:
         cfg.align = [ctx.preset.data(ctx.args.align)]
     cfg.nl_sets = []  # EMT is about the VL classifier; the NL suite is scale_pythia's
-    cfg.eval.zero_shot = True  # EMT of the aligned MLLM before fine-tuning (task 1 rows)
+    cfg.eval.zero_shot = True  # EMT of the start before fine-tuning (task 1 rows)
     cfg.stages.finetune.epochs = float(ctx.args.epochs)
     train = ctx.list("train_set", sets)[0]
     cfg.tasks = [finetune_task(tasks[train].train[0], [t.eval[0] for t in tasks.values()])]
-    if ctx.args.init:  # EMT §5 starts from an instruction-tuned MLLM: no alignment
-        cfg.model.init, cfg.align = ctx.args.init, []
+    start = resolve_start(ctx.preset, ctx.args.model, ctx.args.start, ctx.args.init)
+    if start is None:
+        ctx.log(f"[{SPEC.name}] start: {cfg.model.name} aligned on the caption task in each run "
+                "(--start aligned)")
+    else:  # EMT §5 fine-tunes an instruction-tuned MLLM: no alignment in the runs
+        cfg.model.init, cfg.align = start.init, []
+        ctx.log(f"[{SPEC.name}] start: {start.source}")
     return cfg
 
 
@@ -77,9 +83,15 @@ def plans(ctx, base, grid):
         for t in cfg.tasks:
             t.train = [copy.deepcopy(ctx.preset.emt_task(ts).train[0])]
         out.append(Plan(SPEC.name if len(train_sets) == 1 else f"{SPEC.name}-{ts}", cfg, grid))
+    notes = []
+    start = resolve_start(ctx.preset, ctx.args.model, ctx.args.start, ctx.args.init)
+    if start is not None and start.recipe is not None:
+        notes.append(f"would make (or reuse) the instruction-tuned start {start.init} with the "
+                     f"LLaVA recipe before the runs")
     if not ctx.args.no_clip:
-        out[0].note = (f"would compute CLIP zero-shot accuracy with {base.model.vision} (prompt "
-                       f"{ctx.args.clip_prompt!r}) on {', '.join(ctx.list('sets'))}")
+        notes.append(f"would compute CLIP zero-shot accuracy with {base.model.vision} (prompt "
+                     f"{ctx.args.clip_prompt!r}) on {', '.join(ctx.list('sets'))}")
+    out[0].note = "; ".join(notes)
     return out
 
 
@@ -97,8 +109,12 @@ SPEC = StudySpec(
               default=PerPreset("a {label}", "a photo of a {label}")),
           Arg("--no-clip", "skip the CLIP zero-shot rows", flag_only=True),
           Arg("--align", "paper preset: alignment JSON under the data root (default continual/align.json)"),
-          Arg("--init", "fine-tune from this instruction-tuned LLaVA-format checkpoint (EMT §5; a project "
-                        "LLaVA-recipe checkpoint, or a llava-hf one with --set model.template=...): no alignment"),
+          Arg("--start", f"what EMT fine-tunes: {' or '.join(STARTS)} (instruct: the instruction-tuned "
+                         "MLLM of --model, EMT §5; micro: the LLaVA recipe's output, made once and "
+                         "reused; paper: the public llava-hf LLaVA-1.5; aligned: the LLM after "
+                         "alignment only, aligned in each run)", default="instruct"),
+          Arg("--init", "start from this instruction-tuned LLaVA-format checkpoint instead (a project "
+                        "LLaVA-recipe checkpoint, or a llava-hf one with --set model.template=...)"),
           Arg("--models", "EMT of these LLaVA-format checkpoints as they are (hub ids or dirs, "
                           "comma-separated; no training) beside their towers' CLIP zero-shot accuracy"),
           Arg("--clip", "with --models: [MODEL=]CLIP checkpoint of a model's vision tower, comma-separated "

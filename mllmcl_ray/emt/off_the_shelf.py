@@ -226,16 +226,17 @@ def study_clip_meta(study: str, model: str, scale: float | None, clip: str, prom
 
 
 def emt_before_runs(ctx, plans) -> None:
-    """Before an EMT study's runs: with ``--init``, the starting checkpoint's own EMT rows
-    (trained task 1, as Fig. 4's); unless ``--no-clip``, the vision tower's CLIP zero-shot
-    accuracy on every set (Fig. 4's reference line)."""
+    """Before an EMT study's runs: the instruction-tuned start where it is made here
+    (`emt.start.make_start`: micro, the LLaVA recipe's output, once; its EMT rows are each
+    run's task-1 rows); unless ``--no-clip``, the vision tower's CLIP zero-shot accuracy on
+    every set (Fig. 4's reference line)."""
+    from .start import make_start, resolve_start
+
     cfg = plans[0].base
     sets = cfg.tasks[0].eval
-    if ctx.args.init:
-        evaluate_models(OffTheShelfConfig(models=[ctx.args.init], sets=sets,
-                                          results=str(ctx.out / "results"),
-                                          clip={ctx.args.init: cfg.model.vision}, no_clip=True,
-                                          seed=cfg.eval.seed))
+    start = resolve_start(ctx.preset, ctx.args.model, ctx.args.start, ctx.args.init)
+    if start is not None and start.init == cfg.model.init:
+        make_start(start, progress=not ctx.args.quiet, log=ctx.log)
     if ctx.args.no_clip:
         return
     import torch

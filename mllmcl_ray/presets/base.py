@@ -9,11 +9,22 @@ the NL suite), how to read one more VL task, and its defaults (workers, eval sam
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 from ..config import ConfigError, DataSource, EvalSet, ModelSpec, RunConfig, TaskSpec
 
 # Srivastava Table 4: instruct, VQA, OCR, referential grounding (tasks 2..5).
 SRIVASTAVA_TASKS = ("instruct", "vqa", "ocr", "grounding")
+
+
+@dataclass
+class InstructStart:
+    """An instruction-tuned MLLM for a model of a preset (EMT §5 fine-tunes LLaVA): what
+    ``ModelSpec.init`` names, and, where it is made here, the run that makes it."""
+
+    init: str  # ModelSpec.init: a LLaVA-format checkpoint dir (project or llava-hf) or hub id
+    source: str  # one line for the log: where the start comes from
+    recipe: RunConfig | None = None  # the LLaVA-recipe run whose last checkpoint's model is `init` (None: it exists already)
 
 
 class Preset(ABC):
@@ -69,6 +80,12 @@ class Preset(ABC):
     @abstractmethod
     def emt_sets(self) -> tuple[str, ...]:
         """EMT's classification sets on this preset (Zhai: MNIST, CIFAR-10/100, miniImagenet)."""
+
+    def instruct_start(self, model: str) -> InstructStart:
+        """The instruction-tuned MLLM of `model` (the LLaVA recipe's output) that EMT
+        fine-tunes by default. A preset without one raises ConfigError."""
+        raise ConfigError(f"the {self.name} preset knows no instruction-tuned LLaVA checkpoint for "
+                          f"model {model!r}: give one with --init CHECKPOINT, or --start aligned")
 
     def emt_task(self, name: str) -> TaskSpec:
         """One classification set as a task: its training data and its test set (kind

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 from ..config import (ConfigError, DataSource, EvalSet, MethodConfig, ModelSpec, RunConfig,
                       StageConfig, StagesConfig, TaskSpec, TrainerConfig)
 from ..runner import quiet_libraries
-from .base import SRIVASTAVA_TASKS, Preset
+from .base import SRIVASTAVA_TASKS, InstructStart, Preset
 
 # the micro world's analogues of CoIN's tasks, in the order of the tasks they stand for:
 # name -> (eval kind, CoIN task whose App. H templates rewrite its prompts, None: kept).
@@ -167,11 +168,30 @@ def micro_run_config(prep: MicroPrep, size: str, method: str = "naive", seed: in
     cap = prep.vl_task("caption")
     return RunConfig(
         name=f"{study}-{size}-{method.replace('+', '_')}-s{seed}", seed=seed, recipe=recipe,
-        model=prep.specs[size], stages=micro_stages(),
+        model=copy.deepcopy(prep.specs[size]), stages=micro_stages(),
         align=[DataSource(path=_world_path(w, cap["train"]), image_root=images)], tasks=task_specs,
         method=MethodConfig(name=method, params=dict(method_params or {})),
         trainer=TrainerConfig(num_workers=workers, log_every=10),
         output_dir=str(out), nl_sets=nl_sets_from_manifest(w, prep.manifest, eval_samples))
+
+
+LLAVA_START_STUDY = "llava-start"  # run name prefix of the instruction-tuned starts (EMT)
+
+
+def llava_start(cfg: RunConfig) -> InstructStart:
+    """The instruction-tuned MLLM the LLaVA-recipe run `cfg` makes: the model of its last
+    step's checkpoint, under ``<output_dir>/runs/<run id>/``. The run id hashes everything
+    that changes what is learned (base model, world data, stages, seed), so a rerun finds
+    the same checkpoint and a changed setting makes a new one."""
+    from ..train.continual import ContinualRun
+    from ..train.task import plan_steps
+
+    run = ContinualRun(cfg)
+    model_dir = run.checkpoint_dir(plan_steps(cfg)[-1]) / "model"
+    tasks = ", ".join(t.name for t in cfg.tasks)
+    return InstructStart(str(model_dir), f"{model_dir}: {cfg.model.name} after the LLaVA recipe "
+                         f"(alignment on {len(cfg.align)} caption source(s), then one instruction "
+                         f"fine-tune on {tasks}), made here once and reused", recipe=cfg)
 
 
 class MicroPreset(Preset):
@@ -218,6 +238,14 @@ class MicroPreset(Preset):
         return micro_run_config(self.prepare([model]), model, "naive", 0, tasks=list(tasks),
                                 recipe=recipe, out=self.out, workers=self.workers, study=study,
                                 eval_samples=self.vl_max_samples(MICRO_EVAL_SAMPLES))
+
+    def instruct_start(self, model: str) -> InstructStart:
+        """The LLaVA recipe's output for `model` on this world (`llava_start`): alignment
+        on the caption task, then one fine-tune on the world's ``instruct`` task; seed 0,
+        no evaluation (no NL suite: its sizes stay out of the run's key)."""
+        cfg = self.run_config(model, recipe="llava", tasks=["instruct"], study=LLAVA_START_STUDY)
+        cfg.nl_sets = []
+        return llava_start(cfg)
 
     def emt_sets(self) -> tuple[str, ...]:
         return EMT_SETS

@@ -17,7 +17,7 @@ from pathlib import Path
 from .. import scale as scale_rules
 from ..config import (ConfigError, DataSource, EvalConfig, EvalSet, MethodConfig, ModelSpec,
                       RunConfig, StageConfig, StagesConfig, TaskSpec, TrainerConfig)
-from .base import SRIVASTAVA_TASKS, Preset
+from .base import SRIVASTAVA_TASKS, InstructStart, Preset
 
 CLIP_L14_336 = "openai/clip-vit-large-patch14-336"
 
@@ -47,6 +47,9 @@ PAPER_MODELS: dict[str, PaperModel] = {m.name: m for m in (
     PaperModel("llama-2-7b", "meta-llama/Llama-2-7b-hf", "llama", "vicuna_v1", 6.7e9),
     PaperModel("vicuna-1.5-7b", "lmsys/vicuna-7b-v1.5", "llama", "vicuna_v1", 6.7e9),
 )}
+# the public instruction-tuned LLaVA-1.5 (LLaVA recipe: alignment + instruction fine-tune)
+# of a paper LLM, in the llava-hf layout: what EMT (Zhai et al. §5) fine-tunes by default
+LLAVA_HF: dict[str, str] = {"vicuna-1.5-7b": "llava-hf/llava-1.5-7b-hf"}
 PYTHIA_SCALES = ("pythia-160m", "pythia-410m", "pythia-1b", "pythia-1.4b", "pythia-2.8b")
 
 # Srivastava Table 4 task groups (tasks 2..5): training files under <root>/continual and
@@ -157,6 +160,17 @@ class PaperPreset(Preset):
         return paper_run_config(model, "naive", 0, self.root, recipe=recipe, tasks=tuple(tasks),
                                 workers=self.workers, out=self.out, model_root=self.model_root,
                                 study=study, vl_max_samples=self.vl_max_samples(SLIM_SAMPLES))
+
+    def instruct_start(self, model: str) -> InstructStart:
+        """The public llava-hf LLaVA-1.5 of `model` (LLAVA_HF; with --model-root, the dir
+        named like its hub id there), prompted with the model's template (vicuna_v1)."""
+        self.model(model)  # an unknown model name fails first
+        if model not in LLAVA_HF:
+            return super().instruct_start(model)
+        hub = LLAVA_HF[model]
+        init = str(Path(self.model_root) / hub.split("/")[-1]) if self.model_root else hub
+        return InstructStart(init, f"{init}: the public instruction-tuned LLaVA-1.5 of {model} "
+                                   "(llava-hf layout; loaded when the runs start)")
 
     def task(self, name: str, kind: str, *, train: str | None = None, test: str | None = None,
              max_new_tokens: int | None = None) -> TaskSpec:
