@@ -95,6 +95,17 @@ def test_default_micro_start_is_the_llava_recipe_checkpoint(study, prep):
     assert start.init in start.source and "LLaVA recipe" in start.source
 
 
+def test_micro_dry_run_names_the_start_and_makes_nothing(study, capsys):
+    emt, ctx, out = study
+    assert emt.main(["--preset", "micro", "--world-size", "tiny", "--model", "nano",
+                     "--out", str(out), "--dry-run", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    start = ctx().preset.instruct_start("nano")
+    assert f"[emt] start: {start.source}" in text
+    assert f"would make (or reuse) the instruction-tuned start {start.init}" in text
+    assert not (out / "runs").exists()
+
+
 def test_start_flag_keeps_the_aligned_start_and_rejects_unknown_values(study, prep):
     from mllmcl_ray.config import ConfigError
 
@@ -170,7 +181,6 @@ def test_before_fine_tuning_rows_are_emt_of_the_start(study):
     assert (aligned.trained_task, aligned.emt_tasks, aligned.vl_tasks) == ("base", [], [])
 
 
-@pytest.mark.slow
 def test_micro_emt_study_runs_from_the_made_start(study):
     """The whole study (linear, 1 epoch, 4 samples per set): the start is made before the
     runs, the EMT run has no alignment step, and its task-1 rows are EMT of the start."""

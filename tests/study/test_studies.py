@@ -38,7 +38,7 @@ HELP_OPTIONS = {
     "coin": ["--order", "--instructions", "--volumes", "--experts", "--methods", "--baselines",
              "--judge", "alphabet", "10type", "MAA", "BWT", "ray job submit"],
     "emt": ["--sets", "--train-set", "--epochs", "--methods", "--clip-prompt", "--no-clip",
-            "--models", "--init", "eval_every_epoch", "trained_task_index", "ray job submit"],
+            "--models", "--init", "--start", "eval_every_epoch", "trained_task_index", "ray job submit"],
 }
 
 
@@ -127,6 +127,40 @@ def test_paper_dry_run(name, fake_root, capsys):
     assert rc == 2  # a missing data file fails the dry run (the user-error status)
     assert "ERROR" in text and f"{data / victim} does not exist" in text
     assert "ERROR" in text and f"{data / victim} does not exist" in text
+
+
+def test_paper_emt_starts_from_llava_hf_offline(fake_root, capsys, monkeypatch):
+    """EMT §5 fine-tunes LLaVA: the paper preset's default start (--start instruct) is the
+    public llava-hf LLaVA-1.5 of --model (vicuna-1.5-7b → llava-hf/llava-1.5-7b-hf; with
+    --model-root the dir named like it), no alignment in the runs; a dry run names it and
+    loads nothing (HF_HUB_OFFLINE, and no checkpoint loader may be called)."""
+    import mllmcl_ray.models.build as B
+    from mllmcl_ray.config import ConfigError
+
+    def no_load(*a, **k):
+        raise AssertionError("a dry run must not load (or download) a checkpoint")
+
+    monkeypatch.setattr(B, "load_hf_llava", no_load)
+    monkeypatch.setattr(B, "build_mllm", no_load)
+    data, models, out = fake_root
+    emt = load_study("emt")
+    cfg = emt.base(context(emt, []))
+    assert cfg.model.init == "llava-hf/llava-1.5-7b-hf" and cfg.align == []
+    assert cfg.model.template == "vicuna_v1"  # LLaVA-1.5's conversation (conv_vicuna_v1)
+    local = emt.base(context(emt, ["--model-root", str(models)]))
+    assert local.model.init == str(models / "llava-1.5-7b-hf")
+    aligned = emt.base(context(emt, ["--start", "aligned"]))
+    assert aligned.model.init is None and [Path(a.path).name for a in aligned.align] == ["align.json"]
+    with pytest.raises(ConfigError, match="no instruction-tuned LLaVA checkpoint for model 'llama-2-7b'"):
+        emt.base(context(emt, ["--model", "llama-2-7b"]))
+    assert emt.base(context(emt, ["--model", "llama-2-7b", "--init", "/x"])).model.init == "/x"
+    rc = emt.SPEC.main(["--preset", "paper", "--data-root", str(data), "--model-root", str(models),
+                        "--out", str(out), "--dry-run"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert f"[emt] start: {models / 'llava-1.5-7b-hf'}: the public instruction-tuned LLaVA-1.5" in text
+    assert "would make" not in text  # nothing is made here: the checkpoint is the public one
+    assert not (out / "runs").exists() and not (out / "cache").exists()
 
 
 def context(mod, argv):
