@@ -242,7 +242,7 @@ class EvalConfig:
     backend: str = "transformers"  # "transformers" or "vllm"
     batch_size: int = 32  # generation batch
     judge: str | None = None  # judge model dir/id (None: no LLM judge)
-    zero_shot: bool = False  # also score every task's sets after alignment (task 1 rows, "zero_shot")
+    zero_shot: bool = False  # also score every task's sets after alignment, or of a model.init start before training (task 1 rows, "zero_shot")
     seed: int = 0  # subset selection seed
     nl_backend: str = "project"  # NL scorer: "project" (suites/nl.py) or "lm_eval" (lm-evaluation-harness)
     # where evaluation runs (eval/service.py): "auto" = engine actors whenever the run uses Ray

@@ -6,13 +6,18 @@
 
 1. CLIP zero-shot: the vision tower's own accuracy on every classification set (metric
    ``clip_zero_shot``, trained_task_index 1; ``--clip-prompt``; ``--no-clip`` skips it).
-2. Per method (``--methods linear,lora``) and seed: the starting MLLM (alignment of the
-   preset's LLM, or ``--init`` an instruction-tuned LLaVA-format checkpoint, EMT §5), EMT
-   of it on every set (trained_task_index 1), then ``--epochs`` epochs of fine-tuning on
+2. Per method (``--methods linear,lora``) and seed: the starting MLLM, EMT of it on every
+   set (trained_task_index 1), then ``--epochs`` epochs of fine-tuning on
    ``--train-set`` as ONE task (one lr schedule, one optimizer, one adapter) evaluated on
    every set after each epoch (``TaskSpec.eval_every_epoch``: rows carry ``epoch``).
    Paper data: <data_root>/emt/<set>/{train,test}.json; several --train-set values are one
    study each (emt-<set>).
+   Start (``--start``, mllmcl_ray/emt/start.py): ``instruct`` (default; EMT §5 fine-tunes
+   LLaVA) an instruction-tuned MLLM, no alignment in the runs: micro, the LLaVA recipe's
+   output for --model (caption alignment + the world's instruct task), made once before
+   the runs and reused; paper, the public llava-hf LLaVA-1.5 (vicuna-1.5-7b ->
+   llava-hf/llava-1.5-7b-hf); ``--init CHECKPOINT`` another one. ``aligned``: the LLM
+   after alignment only, aligned in each run.
 3. ``--models A,B``: EMT of LLaVA-format checkpoints as they are (§4.1, Fig. 4; hub ids or
    dirs with their own processor and chat template; no training) beside the CLIP zero-shot
    accuracy of each one's vision tower (mllmcl_ray/emt/off_the_shelf.py).
