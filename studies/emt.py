@@ -69,6 +69,9 @@ def base(ctx):
         ctx.log(f"[{SPEC.name}] start: {cfg.model.name} aligned on the caption task in each run "
                 "(--start aligned)")
     else:  # EMT §5 fine-tunes an instruction-tuned MLLM: no alignment in the runs
+        if ctx.args.align:
+            raise ConfigError(f"--align {ctx.args.align!r} aligns the LLM in each run: it needs "
+                              "--start aligned (an instruction-tuned start is not aligned again)")
         cfg.model.init, cfg.align = start.init, []
         ctx.log(f"[{SPEC.name}] start: {start.source}")
     return cfg
@@ -113,7 +116,8 @@ SPEC = StudySpec(
           Arg("--clip-prompt", "CLIP zero-shot prompt with {label}",
               default=PerPreset("a {label}", "a photo of a {label}")),
           Arg("--no-clip", "skip the CLIP zero-shot rows", flag_only=True),
-          Arg("--align", "paper preset: alignment JSON under the data root (default continual/align.json)"),
+          Arg("--align", "paper preset, --start aligned: alignment JSON under the data root "
+                         "(default continual/align.json)"),
           Arg("--start", f"what EMT fine-tunes: {' or '.join(STARTS)} (instruct: the instruction-tuned "
                          "MLLM of --model, EMT §5; micro: the LLaVA recipe's output, made once and "
                          "reused; paper: the public llava-hf LLaVA-1.5; aligned: the LLM after "

@@ -189,9 +189,10 @@ def llava_start(cfg: RunConfig) -> InstructStart:
     run = ContinualRun(cfg)
     model_dir = run.checkpoint_dir(plan_steps(cfg)[-1]) / "model"
     tasks = ", ".join(t.name for t in cfg.tasks)
+    align = ", ".join(f"{Path(a.path).parent.name}/{Path(a.path).name}" for a in cfg.align) or "nothing"
     return InstructStart(str(model_dir), f"{model_dir}: {cfg.model.name} after the LLaVA recipe "
-                         f"(alignment on {len(cfg.align)} caption source(s), then one instruction "
-                         f"fine-tune on {tasks}), made here once and reused", recipe=cfg)
+                         f"(alignment on {align}, then one instruction fine-tune on {tasks}), "
+                         "made here once and reused", recipe=cfg)
 
 
 class MicroPreset(Preset):

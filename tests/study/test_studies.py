@@ -151,6 +151,9 @@ def test_paper_emt_starts_from_llava_hf_offline(fake_root, capsys, monkeypatch):
     assert local.model.init == str(models / "llava-1.5-7b-hf")
     aligned = emt.base(context(emt, ["--start", "aligned"]))
     assert aligned.model.init is None and [Path(a.path).name for a in aligned.align] == ["align.json"]
+    assert [Path(a.path).name for a in emt.base(context(emt, ["--start", "aligned", "--align", "a2.json"])).align] == ["a2.json"]
+    with pytest.raises(ConfigError, match="--align 'a2.json'.*needs --start aligned"):
+        emt.base(context(emt, ["--align", "a2.json"]))
     with pytest.raises(ConfigError, match="no instruction-tuned LLaVA checkpoint for model 'llama-2-7b'"):
         emt.base(context(emt, ["--model", "llama-2-7b"]))
     assert emt.base(context(emt, ["--model", "llama-2-7b", "--init", "/x"])).model.init == "/x"
