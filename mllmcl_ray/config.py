@@ -87,6 +87,9 @@ class StageConfig:
     warmup_ratio: float = 0.03  # linear warm-up fraction of the stage's optimizer steps
     schedule: str = "cosine"  # "cosine" or "constant" after warm-up
     epochs: float = 1.0  # passes over the task's data (LLaVA: 1)
+    # continual recipe only: passes over each task's data in its fine-tune step (None: epochs;
+    # the LLaVA recipe's one mixture and the align stage always use epochs)
+    task_epochs: float | None = None
     max_steps: int | None = None  # optional cap on optimizer steps (smoke runs)
     global_batch_size: int = 128  # samples per optimizer step, whatever the worker count
     per_device_batch_size: int = 16  # samples per forward pass on one worker
@@ -107,6 +110,8 @@ class StageConfig:
         _require(self, "warmup_ratio", 0 <= self.warmup_ratio < 1, "must be in [0, 1)")
         _one_of(self, "schedule", ("cosine", "constant"))
         _require(self, "epochs", self.epochs > 0, "must be > 0")
+        _require(self, "task_epochs", self.task_epochs is None or self.task_epochs > 0,
+                 "must be > 0 (or null: epochs)")
         _require(self, "max_steps", self.max_steps is None or self.max_steps >= 1,
                  "must be ≥ 1 (or null: no cap)")
         _require(self, "global_batch_size", self.global_batch_size >= 1, "must be ≥ 1")

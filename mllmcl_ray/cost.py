@@ -287,7 +287,7 @@ def estimate_run_cost(cfg: RunConfig, *, mfu: float | None = None, peak_flops: f
     from .models.templates import get_template
     from .models.tokenizers import ensure_special_tokens, load_tokenizer
     from .train.schedule import num_optimizer_steps
-    from .train.task import plan_steps
+    from .train.task import plan_steps, stage_path
 
     spec = cfg.model
     if spec.dtype not in _DTYPE_BYTES:
@@ -312,7 +312,7 @@ def estimate_run_cost(cfg: RunConfig, *, mfu: float | None = None, peak_flops: f
     seen_images: set = set()
     stages = []
     for step in plan_steps(cfg):
-        stage = cfg.stages.align if step.stage == "align" else cfg.stages.finetune
+        stage = stage_path(step).config(cfg)
         template = get_template("plain") if step.stage == "align" else get_template(spec.template)
         ds = data_stats(step.sources, tok, template, n_image_tokens=p.patches,
                         max_len=spec.max_seq_len, seed=cfg.seed,

@@ -61,7 +61,7 @@ def base(ctx):
         cfg.align = [ctx.preset.data(ctx.args.align)]
     cfg.nl_sets = []  # EMT is about the VL classifier; the NL suite is scale_pythia's
     cfg.eval.zero_shot = True  # EMT of the start before fine-tuning (task 1 rows)
-    cfg.stages.finetune.epochs = float(ctx.args.epochs)
+    cfg.stages.finetune.epochs, cfg.stages.finetune.task_epochs = float(ctx.args.epochs), None
     train = ctx.list("train_set", sets)[0]
     cfg.tasks = [finetune_task(tasks[train].train[0], [t.eval[0] for t in tasks.values()])]
     start = resolve_start(ctx.preset, ctx.args.model, ctx.args.start, ctx.args.init)

@@ -139,7 +139,12 @@ class StagePath:
     name = "finetune"
 
     def config(self, cfg: RunConfig) -> StageConfig:
-        return cfg.stages.finetune
+        """The fine-tune stage; a continual-recipe task step passes over its data
+        `task_epochs` times when that is set (the LLaVA recipe's mixture: `epochs`)."""
+        st = cfg.stages.finetune
+        if cfg.recipe == "continual" and st.task_epochs is not None:
+            return dataclasses.replace(st, epochs=st.task_epochs)
+        return st
 
     def template(self):
         """The prompt template the step's data is tokenised with (None: the model's)."""

@@ -278,9 +278,25 @@ def test_vqa_answers_match_scenes(m, scenes_by_image):
 
 
 def test_ocr_words_and_caption_words(m, scenes_by_image):
-    for r in read_vl(m.vl["ocr"].train) + read_vl(m.vl["ocr"].test):
-        assert r["conversations"][1]["value"] in V.OCR_WORDS
-        assert scenes_by_image[r["image"]]["word"] == r["conversations"][1]["value"]
+    import re
+
+    from mllmcl_ray.data.micro.vltasks import OCR_VERIFY_QUESTION
+
+    verify = re.compile(re.escape(OCR_VERIFY_QUESTION).replace(re.escape("{word}"), "(\\w+)"))
+    answers = []
+    for split in ("train", "test"):
+        for r in read_vl(getattr(m.vl["ocr"], split)):
+            word, a = scenes_by_image[r["image"]]["word"], r["conversations"][1]["value"]
+            asked = verify.search(r["conversations"][0]["value"])
+            if asked:  # a yes/no question about the text: train only, right answer
+                assert split == "train" and asked.group(1) in V.OCR_WORDS
+                assert a == ("yes" if asked.group(1) == word else "no")
+            else:
+                assert a == word and a in V.OCR_WORDS
+            answers.append((split, a in ("yes", "no")))
+    train = [yn for s, yn in answers if s == "train"]
+    assert 0 < sum(train) < len(train)  # both kinds of train question (30 % yes/no)
+    assert not any(yn for s, yn in answers if s == "test")
     for r in read_vl(m.vl["caption"].train):
         objs = scenes_by_image[r["image"]]["objects"]
         cap = r["conversations"][1]["value"]

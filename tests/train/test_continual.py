@@ -276,3 +276,24 @@ def test_eval_every_epoch_rows_reach_the_store_keyed_by_epoch(tmp_path):
     before = len(df)
     run_and_evaluate(cfg, progress=False, log=lambda s: None)
     assert len(ResultStore(results_dir(cfg)).read()) == before
+
+
+def test_task_epochs_apply_to_continual_task_steps_only(tmp_path):
+    """stages.finetune.task_epochs: each continual task step passes over its data that many
+    times; the LLaVA recipe's mixture and the align stage keep `epochs`. With 48 records per
+    task, global batch 8 and epochs 2: 12 optimizer steps; task_epochs 3: 18 steps."""
+    from mllmcl_ray.train.schedule import num_optimizer_steps
+    from mllmcl_ray.train.task import stage_path
+
+    cfg = tiny_run_config(tmp_path)
+    cont = merge(cfg, {"stages": {"finetune": {"task_epochs": 3.0}}})
+    llava = merge(cont, {"recipe": "llava"})
+    epochs = {c.recipe: {s.key: stage_path(s).config(c).epochs for s in plan_steps(c)}
+              for c in (cont, llava)}
+    assert epochs["continual"] == {"02-align": 1.0, "02-colour": 3.0, "03-position": 3.0}
+    assert epochs["llava"] == {"02-align": 1.0, "02-llava": 2.0}
+    step = plan_steps(cont)[1]
+    assert num_optimizer_steps(stage_path(step).config(cont), 48) == 18
+    assert num_optimizer_steps(stage_path(step).config(cfg), 48) == 12  # unset: epochs
+    with pytest.raises(Exception, match="task_epochs"):
+        merge(cfg, {"stages": {"finetune": {"task_epochs": 0}}})

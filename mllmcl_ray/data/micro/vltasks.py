@@ -15,6 +15,12 @@ from .scenes import format_bbox, normalized_bbox, pixel_bbox
 VQA_SUFFIX = "\nAnswer the question using a single word or phrase."
 OCR_QUESTIONS = ("What word is written in the image?", "What does the text in the image say?",
                  "Read the word in the image.")
+# OCR-VQA asks more than "what does it say": a large share of its questions are yes/no
+# ("Is this a comedy book?") about the text. Train records ask "Is the word "X" written in
+# the image?" with this probability (X the word itself half of the time); test records
+# always ask to read the word, so the OCR score stays a reading score.
+OCR_VERIFY_QUESTION = 'Is the word "{word}" written in the image?'
+OCR_VERIFY_P = 0.3
 GROUNDING_PROMPTS = ("Give the bounding box of {ref}.",
                      "Please provide the bounding box coordinate of the region this sentence describes: {ref}.")
 # EMT prompt (Zhai et al.): "What is the object in the image? Please only answer a single object in <labels>."
@@ -188,8 +194,13 @@ def build_vqa(rnd: Rand, scene: dict):
 
 
 def build_ocr(rnd: Rand, scene: dict, test: bool = False):
+    word = scene["word"]
+    if not test and rnd.coin(OCR_VERIFY_P):
+        asked = word if rnd.coin(0.5) else rnd.pick([w for w in V.OCR_WORDS if w != word])
+        q, a = OCR_VERIFY_QUESTION.format(word=asked), "yes" if asked == word else "no"
+        return [(q + VQA_SUFFIX, a)], {"answers": [a]}
     q = OCR_QUESTIONS[0] if test else rnd.pick(OCR_QUESTIONS)
-    return [(q + VQA_SUFFIX, scene["word"])], {"answers": [scene["word"]]}
+    return [(q + VQA_SUFFIX, word)], {"answers": [word]}
 
 
 def build_grounding(rnd: Rand, scene: dict, masks, test: bool = False):

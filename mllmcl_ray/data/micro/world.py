@@ -75,7 +75,9 @@ vqa         vqa            VQAv2/GQA stand-in: colour / shape / count / position
                            phrase."; test ``answers`` = 10 references (mostly identical,
                            sometimes a synonym: "violet", "2", "on the left")
 ocr         exact          OCR-VQA / TextVQA stand-in: one of 20 short words drawn with
-                           PIL's bitmap font; "What word is written in the image?"
+                           PIL's bitmap font; "What word is written in the image?" (train:
+                           30 % ask 'Is the word "X" written in the image?' → yes/no, as
+                           OCR-VQA's yes/no questions; test: always the word)
 grounding   grounding      RefCOCO stand-in: "Give the bounding box of the red circle."
                            -> "[0.12, 0.25, 0.50, 0.62]" (LLaVA's normalised x1, y1, x2, y2,
                            2 decimals, rounded outward so the box covers every object
@@ -127,7 +129,7 @@ from . import vocab as V
 from .rand import Rand
 from .text import QUIZ_POOL, WINO_SCHEMAS, WSC_SCHEMAS, TextGen
 
-WORLD_VERSION = "2"  # bump whenever the generator's output changes
+WORLD_VERSION = "3"  # bump whenever the generator's output changes
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "mllmcl-micro-world"
 _MANAGED = ("corpus", "nl", "vl", "images", MANIFEST_NAME, MANIFEST_NAME + ".tmp")  # regeneration deletes these
