@@ -672,9 +672,22 @@ def run_study(base: RunConfig, space: Mapping[str, list], *, study: str, use_tun
 
     ids = []
     for i, c in enumerate(combos):
-        log(f"=== {study}: run {i + 1}/{len(combos)}: {c}")
+        log(f"=== {study}: run {i + 1}/{len(combos)}: {combo_label(c)}")
         ids.append(run_and_evaluate(apply_overrides(base, c), progress=progress, study=study, log=log))
     return ids
+
+
+def combo_label(combo: Mapping[str, Any]) -> str:
+    """One grid point for a log line: a named config (model, method) by its name and any
+    params, other values as they are ("model=micro-s, method=rehearsal {...}, seed=1")."""
+    parts = []
+    for key, value in combo.items():
+        if isinstance(value, Mapping) and "name" in value:
+            params = value.get("params")
+            parts.append(f"{key}={value['name']}" + (f" {params}" if params else ""))
+        else:
+            parts.append(f"{key}={value}")
+    return ", ".join(parts)
 
 
 def dry_run(base: RunConfig, space: Mapping[str, list], study: str, log=print) -> int:

@@ -391,3 +391,14 @@ def test_tracker_callbacks(tmp_path):
         tracker_callbacks("neptune", tmp_path, "s")
     with pytest.raises(ConfigError, match="drop --no-tune"):
         run_study(RunConfig(), {"seed": [0]}, study="s", use_tune=False, tracker="tensorboard")
+
+
+def test_combo_label_names_configs_instead_of_dumping_them():
+    from mllmcl_ray.sweep import combo_label
+
+    combo = {"model": {"name": "micro-xs", "llm": "/bases/llm", "scale": 5e5},
+             "method": {"name": "soft_targets", "params": {"soft_targets": {"alpha": 0.1}}},
+             "seed": 1, "recipe": "llava"}
+    assert combo_label(combo) == ("model=micro-xs, method=soft_targets "
+                                  "{'soft_targets': {'alpha': 0.1}}, seed=1, recipe=llava")
+    assert combo_label({"method": {"name": "naive", "params": {}}}) == "method=naive"
