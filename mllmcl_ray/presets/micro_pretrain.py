@@ -303,10 +303,8 @@ def _right_padded(tok):
 
 
 @torch.no_grad()
-def clip_retrieval_accuracy(clip_dir: Path, caption_json: Path, image_root: Path,
-                            n: int = 200) -> dict:
-    """Image→text top-1 retrieval among `n` test captions; a hit is the right caption
-    text (several images can share a caption). Chance = mean share of the true caption."""
+def _clip_choices(clip_dir: Path, images: list[str], texts: list[str]) -> list[int]:
+    """For each image, the index of the text CLIP ranks first (cosine of the projections)."""
     from transformers import AutoTokenizer, CLIPModel
 
     from ..models.build import make_image_processor
@@ -314,39 +312,34 @@ def clip_retrieval_accuracy(clip_dir: Path, caption_json: Path, image_root: Path
 
     model = CLIPModel.from_pretrained(str(clip_dir)).eval()
     tok = _right_padded(AutoTokenizer.from_pretrained(str(clip_dir)))
-    pairs = _caption_pairs(caption_json, image_root)[:n]
     proc = make_image_processor(model.config.vision_config.image_size)
-    pix = pixel_values(proc, [p for p, _ in pairs])
-    caps = [c for _, c in pairs]
-    uniq = sorted(set(caps))
-    ids, mask = _clip_text(tok, uniq)
+    pix = pixel_values(proc, images)
+    ids, mask = _clip_text(tok, texts)
     img = F.normalize(_pooled(model.get_image_features(pixel_values=pix)), dim=-1)
     txt = F.normalize(_pooled(model.get_text_features(input_ids=ids, attention_mask=mask)), dim=-1)
-    pred = (img @ txt.T).argmax(-1).tolist()
+    return (img @ txt.T).argmax(-1).tolist()
+
+
+def clip_retrieval_accuracy(clip_dir: Path, caption_json: Path, image_root: Path,
+                            n: int = 200) -> dict:
+    """Image→text top-1 retrieval among `n` test captions; a hit is the right caption
+    text (several images can share a caption). Chance = mean share of the true caption."""
+    pairs = _caption_pairs(caption_json, image_root)[:n]
+    caps = [c for _, c in pairs]
+    uniq = sorted(set(caps))
+    pred = _clip_choices(clip_dir, [p for p, _ in pairs], uniq)
     acc = float(np.mean([uniq[p] == c for p, c in zip(pred, caps)]))
     chance = 1.0 / len(uniq)
     return {"retrieval_top1": acc, "candidates": len(uniq), "chance": chance}
 
 
-@torch.no_grad()
 def clip_ocr_accuracy(clip_dir: Path, ocr_json: Path, image_root: Path, n: int = 200) -> dict:
     """Can the tower read? Zero-shot choice of "the word X" among every OCR word, on `n`
     OCR test images (chance 1 / number of words)."""
-    from transformers import AutoTokenizer, CLIPModel
-
-    from ..models.build import make_image_processor
-    from ..data.images import pixel_values
-
-    model = CLIPModel.from_pretrained(str(clip_dir)).eval()
-    tok = _right_padded(AutoTokenizer.from_pretrained(str(clip_dir)))
     recs = json.loads(Path(ocr_json).read_text())[:n]
     words = sorted({r["conversations"][-1]["value"] for r in recs})
-    proc = make_image_processor(model.config.vision_config.image_size)
-    pix = pixel_values(proc, [str(Path(image_root) / r["image"]) for r in recs])
-    ids, mask = _clip_text(tok, [ocr_caption(w) for w in words])
-    img = F.normalize(_pooled(model.get_image_features(pixel_values=pix)), dim=-1)
-    txt = F.normalize(_pooled(model.get_text_features(input_ids=ids, attention_mask=mask)), dim=-1)
-    pred = (img @ txt.T).argmax(-1).tolist()
+    pred = _clip_choices(clip_dir, [str(Path(image_root) / r["image"]) for r in recs],
+                         [ocr_caption(w) for w in words])
     acc = float(np.mean([words[p] == r["conversations"][-1]["value"]
                          for p, r in zip(pred, recs)]))
     return {"ocr_top1": acc, "ocr_chance": 1.0 / len(words)}
