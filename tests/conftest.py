@@ -1,7 +1,20 @@
-"""Shared fixtures. `ray_local`: one local Ray (2 CPUs, no dashboard) per test session."""
+"""Shared fixtures. `ray_local`: one local Ray (2 CPUs, no dashboard) per test session;
+`one_torch_thread`: one torch thread for a module of tiny models."""
 import os
 
 import pytest
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest single-threaded (and steadiest on a shared 2-core box); a
+    module opts in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="session")

@@ -22,13 +22,7 @@ from mllmcl_ray.eval.engine.hf import HFEngine
 from mllmcl_ray.models.build import build_mllm, save_mllm
 from mllmcl_ray.models.tokenizers import train_bpe_tokenizer
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest single-threaded (and steadiest on a shared 2-core box)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 TEXTS = ["a red circle on the left and a blue square", "what colour is the circle? red",

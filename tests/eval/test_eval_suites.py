@@ -25,13 +25,7 @@ from mllmcl_ray.models.templates import get_template
 from mllmcl_ray.models.tokenizers import train_bpe_tokenizer
 from mllmcl_ray.results import RESULT_SCHEMA, PredictionStore, ResultStore
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest single-threaded (and steadiest on a shared 2-core box)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 TEMPLATE = get_template("micro")

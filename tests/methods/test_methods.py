@@ -84,13 +84,7 @@ def world(tmp_path_factory):
     return {"root": root, "tok": tok, "spec": spec, "data": data}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one torch thread is faster, and robust to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def tiny_mllm(world, seed: int = 0):
