@@ -79,31 +79,40 @@ def _default_text(a: Arg) -> str:
 
 
 def resolve(spec: StudySpec, args: argparse.Namespace, preset: str):
-    """Fill the study's options the user left out from the reproduction, then defaults."""
+    """Fill the study's options the user left out from the reproduction, then defaults.
+    Returns the reproduction, the seeds, and the user's flags that differ from it."""
     from .spec import PerPreset
 
     repro = spec.reproduction(args.reproduce)
+    overrides = []
     for a in spec.args:
-        if getattr(args, a.dest) is None:
-            v = repro.values.get(a.dest, a.default)
-            v = v.get(preset) if isinstance(v, PerPreset) else v
-            setattr(args, a.dest, False if a.flag_only and v is None else v)
-    seeds = args.seeds or repro.values.get("seeds") or spec.seeds
-    seeds = seeds.get(preset) if isinstance(seeds, PerPreset) else seeds
+        v = repro.values.get(a.dest, a.default)
+        v = v.get(preset) if isinstance(v, PerPreset) else v
+        v = False if a.flag_only and v is None else v
+        given = getattr(args, a.dest)
+        if given is None:
+            setattr(args, a.dest, v)
+        elif str(given) != str(v):
+            overrides.append(a.flag if a.flag_only else f"{a.flag} {given}")
+    repro_seeds = repro.values.get("seeds") or spec.seeds
+    repro_seeds = repro_seeds.get(preset) if isinstance(repro_seeds, PerPreset) else repro_seeds
+    seeds = args.seeds or repro_seeds
+    if args.seeds and str(args.seeds) != str(repro_seeds):
+        overrides.append(f"--seeds {args.seeds}")
     try:
         seed_list = [int(s) for s in str(seeds).split(",") if s.strip()]
     except ValueError:
         raise ConfigError(f"--seeds {seeds!r}: expected comma-separated integers") from None
     if not seed_list:
         raise ConfigError("--seeds is empty: give at least one seed")
-    return repro, seed_list
+    return repro, seed_list, tuple(overrides)
 
 
 def make_context(spec: StudySpec, args: argparse.Namespace, log=print) -> StudyContext:
     from ..presets import default_preset, make_preset
 
     preset_name = args.preset or default_preset()
-    repro, seeds = resolve(spec, args, preset_name)
+    repro, seeds, overrides = resolve(spec, args, preset_name)
     if args.max_concurrent < 1:
         raise ConfigError(f"--max-concurrent must be ≥ 1, got {args.max_concurrent}")
     if args.tracker and args.no_tune:
@@ -113,6 +122,7 @@ def make_context(spec: StudySpec, args: argparse.Namespace, log=print) -> StudyC
                          eval_samples=args.eval_samples, out=args.out, log=log,
                          progress=not args.quiet)
     return StudyContext(spec=spec, args=args, preset=preset, reproduction=repro, seeds=seeds,
+                        overrides=overrides,
                         dry_run=args.dry_run, log=log)
 
 

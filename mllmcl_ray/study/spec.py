@@ -74,6 +74,7 @@ class StudyContext:
     preset: Any  # presets.base.Preset: models, run configs, tasks of the chosen preset
     reproduction: Reproduction  # the chosen named reproduction
     seeds: list[int]  # --seeds (or the reproduction's)
+    overrides: tuple[str, ...] = ()  # the user's flags that change the reproduction ("--methods x")
     dry_run: bool = False  # --dry-run: validate only
     log: Callable[[str], None] = print  # where progress lines go
 

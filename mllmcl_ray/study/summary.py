@@ -55,6 +55,17 @@ def run_table(df) -> list[str]:
     return lines
 
 
+def reproduction_title(ctx) -> str:
+    """The chosen reproduction, or — when the user's flags changed what it runs — a custom
+    study that names the reproduction it started from and every flag that differs."""
+    r = ctx.reproduction
+    changed = ctx.overrides
+    if not changed:
+        return f"{r.name} ({r.doc})"
+    return (f"custom: {r.name}'s settings with {', '.join(changed)} "
+            f"(so not {r.doc.split(':')[0]} as published)")
+
+
 def default_summary(ctx, plans) -> str:
     """Per study name of the plans: the run table (see the module docstring)."""
     from ..results import ResultStore
@@ -63,7 +74,7 @@ def default_summary(ctx, plans) -> str:
     df = ResultStore(results_dir(plans[0].base)).read()
     if df.empty:
         return ""
-    out = [f"# {ctx.spec.name}: {ctx.reproduction.name} ({ctx.reproduction.doc})", ""]
+    out = [f"# {ctx.spec.name}: {reproduction_title(ctx)}", ""]
     for study in dict.fromkeys(p.study for p in plans):
         sub = df[df["study"] == study]
         if sub.empty:

@@ -595,6 +595,8 @@ def test_user_errors_are_one_line_exit_2(name, argv, message, fake_root, capsys)
 
 
 def test_reproduction_values_and_user_flags(capsys):
+    from mllmcl_ray.study.summary import reproduction_title
+
     sp = load_study("scale_pythia")
     ctx = context(sp, ["--reproduce", "fig5"])
     assert (ctx.args.methods, ctx.args.recipes, ctx.seeds) == ("naive,msgm+rehearsal", "continual", [0, 1])
@@ -604,9 +606,16 @@ def test_reproduction_values_and_user_flags(capsys):
     assert g["method"][1]["params"] == {"soft_targets": {"alpha": 0.01}, "rehearsal": {"fraction": 0.01},
                                         "lora": {"rank": 0.5, "alpha": 8.0, "use_rslora": True,
                                                  "target": "all_linear"}}
+    assert ctx.overrides == ()  # as published: the summary's title is the reproduction's
+    assert reproduction_title(ctx).startswith("fig5 (Fig. 5:")
     ctx = context(sp, ["--methods", "naive", "--seeds", "3"])  # the user's flags win; default fig3b
     assert ctx.reproduction.name == "fig3b" and ctx.args.recipes == "llava"
     assert ctx.args.methods == "naive" and ctx.seeds == [3]
+    assert ctx.overrides == ("--methods naive", "--seeds 3")  # named in the summary's title
+    assert reproduction_title(ctx).startswith("custom: fig3b's settings with --methods naive, --seeds 3 "
+                                              "(so not Fig. 3b")
+    same = context(sp, ["--reproduce", "fig5", "--recipes", "continual", "--seeds", "0,1"])
+    assert same.overrides == ()  # flags equal to the reproduction's values change nothing
     assert ctx.args.scales.split(",") == ["pythia-160m", "pythia-410m", "pythia-1b", "pythia-1.4b", "pythia-2.8b"]
     t1 = context(sp, ["--reproduce", "table1"])
     assert t1.args.scales == "pythia-410m" and len(sp.grid(t1)["method"]) == 6
