@@ -103,6 +103,10 @@ class ContinualMethod:
     exclusive: ClassVar[tuple[str, ...]] = ()
     # Registered methods a composite expands into (their params sit under their own names)
     components: ClassVar[tuple[str, ...]] = ()
+    # Bump when a code change makes the method learn something else with the same settings.
+    # Revisions above 1 enter the run id (method_revisions), so a rerun after an upgrade
+    # starts a new run instead of resuming checkpoints the old code made.
+    revision: ClassVar[int] = 1
 
     @classmethod
     def expand(cls, params: dict) -> list[ContinualMethod]:
@@ -178,6 +182,22 @@ def method_names(cfg_name: str) -> list[str]:
     if not names:
         raise ConfigError("method.name is empty; use e.g. 'naive' or 'msgm+rehearsal'")
     return names
+
+
+def method_revisions(cfg: MethodConfig) -> dict[str, int]:
+    """{method name: revision} of the configured methods (composites' components too) whose
+    revision is above 1; unknown names are left to build_methods to report."""
+    import mllmcl_ray.methods  # noqa: F401  (registers built-ins)
+
+    out: dict[str, int] = {}
+    for n in method_names(cfg.name):
+        cls = METHODS.get(n)
+        if cls is None:
+            continue
+        for c in (cls, *(METHODS[x] for x in cls.components if x in METHODS)):
+            if c.revision > 1:
+                out[c.name] = c.revision
+    return dict(sorted(out.items()))
 
 
 def build_methods(cfg: MethodConfig) -> MethodStack:

@@ -56,6 +56,7 @@ def buffer_size(fraction: float, n: int) -> int:
 @register_method("rehearsal")
 class Rehearsal(ContinualMethod):
     Params = RehearsalParams
+    revision = 2  # 2: task 2's buffer keeps p % of the alignment captions too (Table 4)
 
     def __init__(self, params: RehearsalParams | None = None):
         super().__init__(params or RehearsalParams())

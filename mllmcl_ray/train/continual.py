@@ -20,17 +20,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..config import RunConfig, config_hash, to_dict
+from ..methods.base import method_revisions
 from .callbacks import ReportMetrics, TrainCallback
 from .checkpoint import RunState, clean_stale_temps, is_complete
 from .task import StepPlan, plan_steps, run_step
 
 
 def run_id_for(cfg: RunConfig) -> str:
-    """Stable id: the run name plus a hash of everything that changes results."""
+    """Stable id: the run name plus a hash of everything that changes results — the config
+    and the revisions (above 1) of its methods' code."""
     data = to_dict(cfg)
     data.pop("output_dir", None)
     data.pop("trainer", None)  # workers/strategy do not change what is learned
     data.pop("eval", None)
+    revisions = method_revisions(cfg.method)
+    if revisions:  # absent at revision 1, so ids of unrevised methods stay as they were
+        data["method_revisions"] = revisions
     return f"{cfg.name}-{config_hash(data)}"
 
 

@@ -297,3 +297,31 @@ def test_task_epochs_apply_to_continual_task_steps_only(tmp_path):
     assert num_optimizer_steps(stage_path(step).config(cfg), 48) == 12  # unset: epochs
     with pytest.raises(Exception, match="task_epochs"):
         merge(cfg, {"stages": {"finetune": {"task_epochs": 0}}})
+
+
+def test_method_revision_enters_the_run_id(tmp_path, monkeypatch):
+    """A method whose code changed what it learns (revision > 1) gets new run ids, so a
+    rerun does not resume checkpoints the old code made; revision-1 methods keep the plain
+    config hash (ids of existing runs unchanged). Rehearsal is at revision 2 (its task-2
+    buffer keeps the alignment captions); mSGM + Rehearsal inherits it through its stack."""
+    from mllmcl_ray.config import config_hash, to_dict
+    from mllmcl_ray.methods.base import METHODS, method_revisions
+
+    def plain_id(c):
+        data = to_dict(c)
+        for k in ("output_dir", "trainer", "eval"):
+            data.pop(k, None)
+        return f"{c.name}-{config_hash(data)}"
+
+    cfg = tiny_run_config(tmp_path)
+    naive, msgm = merge(cfg, {"method": {"name": "naive"}}), merge(cfg, {"method": {"name": "msgm"}})
+    reh = merge(cfg, {"method": {"name": "rehearsal"}})
+    both = merge(cfg, {"method": {"name": "msgm+rehearsal"}})
+    assert run_id_for(naive) == plain_id(naive) and run_id_for(msgm) == plain_id(msgm)
+    assert method_revisions(reh.method) == {"rehearsal": 2} == method_revisions(both.method)
+    assert run_id_for(reh) != plain_id(reh) and run_id_for(both) != plain_id(both)
+    before = run_id_for(reh)
+    monkeypatch.setattr(METHODS["rehearsal"], "revision", 3)
+    assert run_id_for(reh) != before and run_id_for(naive) == plain_id(naive)
+    monkeypatch.setattr(METHODS["soft_targets"], "revision", 2)  # a component of msgm
+    assert method_revisions(msgm.method) == {"soft_targets": 2} and run_id_for(msgm) != plain_id(msgm)
