@@ -85,7 +85,7 @@ def prepare_micro(out: Path, sizes: list[str] | tuple[str, ...] = ("micro-s",), 
     tok = load_tokenizer(str(tok_dir))
     skill: dict[str, dict] = {}
     csize = P.CLIP_SIZES[clip_size]
-    clip_dir = cache / f"clip-{clip_size}-{key}-d{P.CLIP_DATA_VERSION}"
+    clip_dir = cache / f"clip-{clip_size}-{key}-d{P.CLIP_DATA_VERSION}-{P.settings_key(csize)}"
     caption_json = Path(_world_path(world_dir, manifest["vl"]["caption"]["train"]))
     if not (clip_dir / "config.json").exists():
         log(f"pretraining the micro CLIP ({clip_size}) → {clip_dir}")
@@ -107,7 +107,7 @@ def prepare_micro(out: Path, sizes: list[str] | tuple[str, ...] = ("micro-s",), 
         if size_name not in P.LLM_SIZES:
             raise ConfigError(f"unknown micro LLM size {size_name!r}; known: {sorted(P.LLM_SIZES)}")
         size = P.LLM_SIZES[size_name]
-        llm_dir = cache / f"llm-{size_name}-{key}"
+        llm_dir = cache / f"llm-{size_name}-{key}-{P.settings_key(size)}"
         if not (llm_dir / "config.json").exists():
             log(f"pretraining the micro LLM {size_name} → {llm_dir}")
             info = P.pretrain_llm(tok, corpus, size, llm_dir, seed=seed, progress=progress)

@@ -44,7 +44,8 @@ def test_prepare_micro_keys_clip_by_data_version_and_reports_reading(tmp_path):
     prep = prepare_micro(tmp_path, sizes=["nano"], world_size="tiny", progress=False,
                          log=lambda s: None)
     clip_dirs = list((tmp_path / "bases").glob("clip-nano-*"))
-    assert len(clip_dirs) == 1 and clip_dirs[0].name.endswith(f"-d{P.CLIP_DATA_VERSION}")
+    clip_key = P.settings_key(P.CLIP_SIZES["nano"])
+    assert len(clip_dirs) == 1 and clip_dirs[0].name.endswith(f"-d{P.CLIP_DATA_VERSION}-{clip_key}")
     skill = prep.skill["clip"]
     m = prep.manifest
     n_pairs = sum(len(json.loads((prep.world_dir / m["vl"][t]["train"]).read_text()))
@@ -52,3 +53,26 @@ def test_prepare_micro_keys_clip_by_data_version_and_reports_reading(tmp_path):
     assert skill["pairs"] == n_pairs and skill["data_version"] == P.CLIP_DATA_VERSION
     assert 0.0 <= skill["ocr_top1"] <= 1.0 and skill["ocr_chance"] == pytest.approx(1 / 16, abs=0.05)
     assert str(clip_dirs[0]) == prep.specs["nano"].vision
+
+
+def test_changed_size_settings_pretrain_a_new_base(tmp_path, monkeypatch):
+    """A base's cache directory names its size settings: a changed token budget (or lr,
+    width, CLIP steps) makes a new base; the same settings reuse the cached one."""
+    from dataclasses import replace
+
+    from mllmcl_ray.presets.micro import prepare_micro
+
+    def prep():
+        return prepare_micro(tmp_path, sizes=["nano"], world_size="tiny", progress=False,
+                             log=lambda s: None)
+
+    first = prep().specs["nano"]
+    assert prep().specs["nano"].llm == first.llm  # reused
+    nano = P.LLM_SIZES["nano"]
+    monkeypatch.setitem(P.LLM_SIZES, "nano", replace(nano, tokens=nano.tokens // 2))
+    second = prep().specs["nano"]
+    assert second.llm != first.llm and second.vision == first.vision
+    assert json.loads((Path(second.llm) / "skill.json").read_text())["tokens"] < \
+        json.loads((Path(first.llm) / "skill.json").read_text())["tokens"]
+    assert P.settings_key(nano) != P.settings_key(replace(nano, lr=nano.lr * 2))
+    assert P.settings_key(P.CLIP_SIZES["nano"]) != P.settings_key(replace(P.CLIP_SIZES["nano"], steps=1))
