@@ -189,15 +189,9 @@ def method_revisions(cfg: MethodConfig) -> dict[str, int]:
     revision is above 1; unknown names are left to build_methods to report."""
     import mllmcl_ray.methods  # noqa: F401  (registers built-ins)
 
-    out: dict[str, int] = {}
-    for n in method_names(cfg.name):
-        cls = METHODS.get(n)
-        if cls is None:
-            continue
-        for c in (cls, *(METHODS[x] for x in cls.components if x in METHODS)):
-            if c.revision > 1:
-                out[c.name] = c.revision
-    return dict(sorted(out.items()))
+    known = [n for n in method_names(cfg.name) if n in METHODS]
+    return {n: METHODS[n].revision for n in sorted(set(_param_owners(known)))
+            if n in METHODS and METHODS[n].revision > 1}
 
 
 def build_methods(cfg: MethodConfig) -> MethodStack:
